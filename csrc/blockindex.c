@@ -1,0 +1,828 @@
+/* KV block index: 64-bit block key -> record, with per-tier capacity and eviction orderings.
+ *
+ * Records are 40 bytes and live in fixed-size chunks (so growth never copies or doubles memory);
+ * the key table stores 4-byte record ids. Every tier keeps one ordering:
+ *   LRU, FIFO, SIEVE  a doubly linked list, newest at head, victims looked for from the tail;
+ *   LFU               a binary min-heap on (freq, last access);
+ *   S3-FIFO           a small FIFO (10% of the tier), a main FIFO and a FIFO of ghost keys.
+ * List links: `next` points toward the tail (older), `prev` toward the head (newer). */
+#define _GNU_SOURCE
+#include <stdlib.h>
+#include <string.h>
+#include "internal.h"
+
+#define NIL UINT32_MAX
+#define CHUNK_BITS 14
+#define CHUNK (1u << CHUNK_BITS)
+#define MAX_TIERS 16
+#define TIER_GHOST (-2)
+#define TIER_FREE (-3)
+#define FREQ_MAX 65535u
+#define OWNER_NONE 0xff
+
+/* flags */
+#define F_SMALL 0x01      /* S3-FIFO: in the small queue (else main) */
+#define F_VISITED 0x02    /* SIEVE */
+#define F_S3FREQ_SHIFT 2  /* S3-FIFO 2-bit access counter, bits 2-3 */
+#define F_S3FREQ_MASK 0x0c
+
+typedef struct {
+    uint64_t key;         /* first field: the key table reads it */
+    uint64_t sharers;
+    uint32_t prev, next;  /* list links; LFU keeps its heap position in prev */
+    uint32_t bytes;
+    uint32_t last;        /* access clock at the last access */
+    uint16_t freq;        /* accesses since insertion; a ghost keeps its tier here */
+    uint16_t refs;
+    int8_t tier;
+    uint8_t flags;
+    uint8_t owner;
+    uint8_t pad;
+} rec;
+
+_Static_assert(sizeof(rec) == 40, "a record must stay 40 bytes: the index promises <= 64 B per block");
+
+typedef struct { uint32_t head, tail; int64_t n; uint64_t bytes; } list;
+
+typedef struct {
+    int32_t ordering;
+    uint64_t cap_bytes;   /* 0: no byte limit */
+    int64_t cap_blocks;   /* < 0: no block limit */
+    uint64_t used_bytes;
+    int64_t blocks;
+    list main;            /* the tier's list; S3-FIFO's main queue */
+    list small;           /* S3-FIFO */
+    list ghost;           /* S3-FIFO */
+    uint32_t hand;        /* SIEVE */
+    uint32_t *heap;       /* LFU */
+    int64_t heap_cap;
+    uint64_t hits, inserts, evictions;
+} tier;
+
+struct cxl_index {
+    rec **chunks;
+    uint32_t n_chunks, cap_chunks;
+    uint32_t n_recs;      /* records ever handed out */
+    uint32_t free_head;   /* free record list through `next` */
+    cxl_keytab tab;
+    int32_t n_tiers;
+    tier tiers[MAX_TIERS];
+    uint32_t clock;
+};
+
+static inline rec *R(const cxl_index *x, uint32_t id)
+{
+    return &x->chunks[id >> CHUNK_BITS][id & (CHUNK - 1)];
+}
+
+static uint64_t rec_key(const void *ctx, uint32_t id) { return R(ctx, id)->key; }
+
+/* ------------------------------------------------------------------ lists */
+
+static void list_push_head(cxl_index *x, list *l, uint32_t id)
+{
+    rec *r = R(x, id);
+    r->prev = NIL;
+    r->next = l->head;
+    if (l->head != NIL) R(x, l->head)->prev = id; else l->tail = id;
+    l->head = id;
+    l->n++;
+    l->bytes += r->bytes;
+}
+
+static void list_unlink(cxl_index *x, list *l, uint32_t id)
+{
+    rec *r = R(x, id);
+    if (r->prev != NIL) R(x, r->prev)->next = r->next; else l->head = r->next;
+    if (r->next != NIL) R(x, r->next)->prev = r->prev; else l->tail = r->prev;
+    r->prev = r->next = NIL;
+    l->n--;
+    l->bytes -= r->bytes;
+}
+
+/* ------------------------------------------------------------------ LFU heap */
+
+static int lfu_less(const cxl_index *x, uint32_t a, uint32_t b)
+{
+    const rec *ra = R(x, a), *rb = R(x, b);
+    if (ra->freq != rb->freq) return ra->freq < rb->freq;
+    return ra->last < rb->last;
+}
+
+static void heap_set(cxl_index *x, tier *t, int64_t i, uint32_t id)
+{
+    t->heap[i] = id;
+    R(x, id)->prev = (uint32_t)i;
+}
+
+static void heap_up(cxl_index *x, tier *t, int64_t i)
+{
+    uint32_t id = t->heap[i];
+    while (i > 0) {
+        int64_t p = (i - 1) / 2;
+        if (!lfu_less(x, id, t->heap[p])) break;
+        heap_set(x, t, i, t->heap[p]);
+        i = p;
+    }
+    heap_set(x, t, i, id);
+}
+
+static void heap_down(cxl_index *x, tier *t, int64_t i)
+{
+    int64_t n = t->main.n;
+    uint32_t id = t->heap[i];
+    for (;;) {
+        int64_t l = 2 * i + 1, m = l;
+        if (l >= n) break;
+        if (l + 1 < n && lfu_less(x, t->heap[l + 1], t->heap[l])) m = l + 1;
+        if (!lfu_less(x, t->heap[m], id)) break;
+        heap_set(x, t, i, t->heap[m]);
+        i = m;
+    }
+    heap_set(x, t, i, id);
+}
+
+static int heap_push(cxl_index *x, tier *t, uint32_t id)
+{
+    if (t->main.n == t->heap_cap) {
+        int64_t ncap = t->heap_cap ? t->heap_cap * 2 : 64;
+        uint32_t *p = realloc(t->heap, (size_t)ncap * sizeof *p);
+        if (!p) return cxl_fail(CXL_ENOMEM, "index: out of memory");
+        t->heap = p;
+        t->heap_cap = ncap;
+    }
+    int64_t i = t->main.n++;
+    t->main.bytes += R(x, id)->bytes;
+    heap_set(x, t, i, id);
+    heap_up(x, t, i);
+    return CXL_OK;
+}
+
+static void heap_remove(cxl_index *x, tier *t, uint32_t id)
+{
+    int64_t i = R(x, id)->prev;
+    int64_t last = --t->main.n;
+    t->main.bytes -= R(x, id)->bytes;
+    if (i != last) {
+        heap_set(x, t, i, t->heap[last]);
+        heap_up(x, t, i);
+        heap_down(x, t, R(x, t->heap[i])->prev);
+    }
+    R(x, id)->prev = R(x, id)->next = NIL;
+}
+
+/* ------------------------------------------------------------------ records */
+
+static int rec_alloc(cxl_index *x, uint32_t *out)
+{
+    if (x->free_head != NIL) {
+        *out = x->free_head;
+        x->free_head = R(x, *out)->next;
+        return CXL_OK;
+    }
+    if (x->n_recs == NIL - 1) return cxl_fail(CXL_ENOMEM, "index: record ids exhausted");
+    if ((x->n_recs >> CHUNK_BITS) == x->n_chunks) {
+        if (x->n_chunks == x->cap_chunks) {
+            uint32_t ncap = x->cap_chunks ? x->cap_chunks * 2 : 16;
+            rec **p = realloc(x->chunks, (size_t)ncap * sizeof *p);
+            if (!p) return cxl_fail(CXL_ENOMEM, "index: out of memory");
+            x->chunks = p;
+            x->cap_chunks = ncap;
+        }
+        rec *c = malloc((size_t)CHUNK * sizeof *c);
+        if (!c) return cxl_fail(CXL_ENOMEM, "index: out of memory");
+        x->chunks[x->n_chunks++] = c;
+    }
+    *out = x->n_recs++;
+    return CXL_OK;
+}
+
+static void rec_release(cxl_index *x, uint32_t id)
+{
+    rec *r = R(x, id);
+    cxl_keytab_del(&x->tab, r->key, rec_key, x);
+    r->tier = TIER_FREE;
+    r->next = x->free_head;
+    x->free_head = id;
+}
+
+static uint32_t find(const cxl_index *x, uint64_t key)
+{
+    return cxl_keytab_find(&x->tab, key, rec_key, x);
+}
+
+/* A resident record's id, or NIL for absent keys and ghosts. */
+static uint32_t find_resident(const cxl_index *x, uint64_t key)
+{
+    uint32_t id = find(x, key);
+    return (id != CXL_KEYTAB_MISS && R(x, id)->tier >= 0) ? id : NIL;
+}
+
+/* ------------------------------------------------------------------ orderings */
+
+static int tier_fits(const tier *t, uint32_t bytes)
+{
+    if (t->cap_bytes && t->used_bytes + bytes > t->cap_bytes) return 0;
+    if (t->cap_blocks >= 0 && t->blocks + 1 > t->cap_blocks) return 0;
+    return 1;
+}
+
+static int s3_small_over_target(const tier *t)
+{
+    /* the small queue holds 10% of the tier: by blocks when the tier counts blocks */
+    if (t->cap_blocks >= 0) return t->small.n * 10 >= t->cap_blocks;
+    return t->small.bytes * 10 >= t->cap_bytes;
+}
+
+static void ghost_trim(cxl_index *x, tier *t)
+{
+    int64_t limit = t->blocks > 0 ? t->blocks : 1;
+    while (t->ghost.n > limit) {
+        uint32_t g = t->ghost.tail;
+        list_unlink(x, &t->ghost, g);
+        rec_release(x, g);
+    }
+}
+
+/* Link a record (already holding key, bytes, tier) into tier ti's ordering. */
+static int order_insert(cxl_index *x, int32_t ti, uint32_t id, int to_main)
+{
+    tier *t = &x->tiers[ti];
+    rec *r = R(x, id);
+    r->flags = 0;
+    switch (t->ordering) {
+    case CXL_ORD_LFU:
+        return heap_push(x, t, id);
+    case CXL_ORD_S3FIFO:
+        if (to_main) list_push_head(x, &t->main, id);
+        else { r->flags = F_SMALL; list_push_head(x, &t->small, id); }
+        return CXL_OK;
+    default:
+        list_push_head(x, &t->main, id);
+        return CXL_OK;
+    }
+}
+
+static void order_remove(cxl_index *x, int32_t ti, uint32_t id)
+{
+    tier *t = &x->tiers[ti];
+    rec *r = R(x, id);
+    switch (t->ordering) {
+    case CXL_ORD_LFU:
+        heap_remove(x, t, id);
+        return;
+    case CXL_ORD_S3FIFO:
+        list_unlink(x, (r->flags & F_SMALL) ? &t->small : &t->main, id);
+        return;
+    case CXL_ORD_SIEVE:
+        if (t->hand == id) t->hand = r->prev;
+        /* fall through */
+    default:
+        list_unlink(x, &t->main, id);
+    }
+}
+
+static void order_touch(cxl_index *x, int32_t ti, uint32_t id)
+{
+    tier *t = &x->tiers[ti];
+    rec *r = R(x, id);
+    switch (t->ordering) {
+    case CXL_ORD_LRU:
+        if (t->main.head != id) { list_unlink(x, &t->main, id); list_push_head(x, &t->main, id); }
+        return;
+    case CXL_ORD_LFU:
+        heap_down(x, t, r->prev);   /* freq or last grew: the record can only sink */
+        return;
+    case CXL_ORD_S3FIFO: {
+        uint8_t f = (r->flags & F_S3FREQ_MASK) >> F_S3FREQ_SHIFT;
+        if (f < 3) f++;
+        r->flags = (uint8_t)((r->flags & ~F_S3FREQ_MASK) | (f << F_S3FREQ_SHIFT));
+        return;
+    }
+    case CXL_ORD_SIEVE:
+        r->flags |= F_VISITED;
+        return;
+    default:
+        return;   /* FIFO */
+    }
+}
+
+/* Smallest unpinned entry of the LFU heap: walk the heap from the root in priority order,
+ * descending only below pinned entries (they are few). */
+static uint32_t lfu_victim(cxl_index *x, tier *t)
+{
+    if (!t->main.n) return NIL;
+    if (!R(x, t->heap[0])->refs) return t->heap[0];
+    int64_t cap = 64, n = 0;
+    int64_t *cand = malloc((size_t)cap * sizeof *cand);
+    if (!cand) return NIL;
+    uint32_t found = NIL;
+    cand[n++] = 0;
+    while (n) {
+        int64_t best = 0;   /* linear pick: the frontier stays small */
+        for (int64_t j = 1; j < n; j++)
+            if (lfu_less(x, t->heap[cand[j]], t->heap[cand[best]])) best = j;
+        int64_t i = cand[best];
+        cand[best] = cand[--n];
+        if (!R(x, t->heap[i])->refs) { found = t->heap[i]; break; }
+        for (int64_t c = 2 * i + 1; c <= 2 * i + 2 && c < t->main.n; c++) {
+            if (n == cap) {
+                int64_t *p = realloc(cand, (size_t)(cap *= 2) * sizeof *p);
+                if (!p) { n = 0; break; }
+                cand = p;
+            }
+            cand[n++] = c;
+        }
+    }
+    free(cand);
+    return found;
+}
+
+/* Choose the tier's next victim, updating the ordering's own state on the way (S3-FIFO moves
+ * between queues, SIEVE clears visited bits and moves its hand). NIL when everything is pinned. */
+static uint32_t order_victim(cxl_index *x, int32_t ti)
+{
+    tier *t = &x->tiers[ti];
+    int64_t budget = 3 * t->blocks + 3;   /* enough for every rule to see each block twice */
+    switch (t->ordering) {
+    case CXL_ORD_LFU:
+        return lfu_victim(x, t);
+    case CXL_ORD_S3FIFO:
+        while (budget-- > 0) {
+            if (t->small.n && (s3_small_over_target(t) || !t->main.n)) {
+                uint32_t id = t->small.tail;
+                rec *r = R(x, id);
+                if (((r->flags & F_S3FREQ_MASK) >> F_S3FREQ_SHIFT) > 1 || r->refs) {
+                    list_unlink(x, &t->small, id);   /* reused while small: promote to main */
+                    r->flags = 0;
+                    list_push_head(x, &t->main, id);
+                    continue;
+                }
+                return id;
+            }
+            if (!t->main.n) return NIL;
+            uint32_t id = t->main.tail;
+            rec *r = R(x, id);
+            uint8_t f = (r->flags & F_S3FREQ_MASK) >> F_S3FREQ_SHIFT;
+            if (f || r->refs) {
+                if (f) f--;
+                list_unlink(x, &t->main, id);
+                list_push_head(x, &t->main, id);
+                r->flags = (uint8_t)(f << F_S3FREQ_SHIFT);
+                continue;
+            }
+            return id;
+        }
+        return NIL;
+    case CXL_ORD_SIEVE: {
+        uint32_t o = t->hand != NIL ? t->hand : t->main.tail;
+        while (o != NIL && budget-- > 0) {
+            rec *r = R(x, o);
+            if (!(r->flags & F_VISITED) && !r->refs) {
+                t->hand = r->prev;
+                return o;
+            }
+            if (!r->refs) r->flags &= (uint8_t)~F_VISITED;
+            o = r->prev != NIL ? r->prev : t->main.tail;
+        }
+        return NIL;
+    }
+    default:   /* LRU, FIFO: oldest unpinned */
+        for (uint32_t o = t->main.tail; o != NIL; o = R(x, o)->prev)
+            if (!R(x, o)->refs) return o;
+        return NIL;
+    }
+}
+
+/* ------------------------------------------------------------------ placement */
+
+static void detach(cxl_index *x, uint32_t id)
+{
+    rec *r = R(x, id);
+    tier *t = &x->tiers[r->tier];
+    order_remove(x, r->tier, id);
+    t->used_bytes -= r->bytes;
+    t->blocks--;
+}
+
+static int attach(cxl_index *x, uint32_t id, int32_t ti, int to_main)
+{
+    tier *t = &x->tiers[ti];
+    rec *r = R(x, id);
+    r->tier = (int8_t)ti;
+    t->used_bytes += r->bytes;
+    t->blocks++;
+    t->inserts++;
+    return order_insert(x, ti, id, to_main);
+}
+
+/* The record leaves the index; an S3-FIFO tier remembers its key as a ghost. */
+static void drop(cxl_index *x, uint32_t id, int32_t ti)
+{
+    tier *t = &x->tiers[ti];
+    rec *r = R(x, id);
+    if (t->ordering == CXL_ORD_S3FIFO) {
+        r->tier = TIER_GHOST;
+        r->freq = (uint16_t)ti;
+        r->flags = 0;
+        list_push_head(x, &t->ghost, id);
+        ghost_trim(x, t);
+    } else {
+        rec_release(x, id);
+    }
+}
+
+static int make_room(cxl_index *x, int32_t ti, uint32_t bytes, int32_t flags);
+
+/* Move an unpinned, detached record into tier ti, making room there first; drop it if the tier
+ * cannot take it (everything pinned, or the block is larger than the tier). */
+static int place_demoted(cxl_index *x, uint32_t id, int32_t ti, int32_t flags)
+{
+    if (make_room(x, ti, R(x, id)->bytes, flags) != CXL_OK) {
+        R(x, id)->tier = (int8_t)(ti - 1);
+        drop(x, id, ti - 1);
+        return CXL_OK;
+    }
+    return attach(x, id, ti, 0);
+}
+
+static int make_room(cxl_index *x, int32_t ti, uint32_t bytes, int32_t flags)
+{
+    tier *t = &x->tiers[ti];
+    if ((t->cap_bytes && bytes > t->cap_bytes) || t->cap_blocks == 0)
+        return cxl_fail(CXL_EFULL, "index: a %u-byte block cannot fit tier %d", bytes, ti);
+    while (!tier_fits(t, bytes)) {
+        uint32_t v = order_victim(x, ti);
+        if (v == NIL)
+            return cxl_fail(CXL_EFULL, "index: tier %d is full and every block in it is pinned",
+                            ti);
+        detach(x, v);
+        t->evictions++;
+        if ((flags & CXL_ACCESS_DEMOTE) && ti + 1 < x->n_tiers) {
+            int st = place_demoted(x, v, ti + 1, flags);
+            if (st) return st;
+        } else {
+            drop(x, v, ti);
+        }
+    }
+    return CXL_OK;
+}
+
+/* Take a free record for key, reusing its ghost if it has one; *to_main tells whether the ghost
+ * belonged to tier ti (S3-FIFO then admits straight to main). */
+static int claim(cxl_index *x, uint64_t key, int32_t ti, uint32_t *out, int *to_main)
+{
+    uint32_t id = find(x, key);
+    *to_main = 0;
+    if (id != CXL_KEYTAB_MISS) {
+        rec *r = R(x, id);
+        int32_t gt = r->freq;
+        *to_main = (gt == ti);
+        list_unlink(x, &x->tiers[gt].ghost, id);
+        *out = id;
+        return CXL_OK;
+    }
+    int st = rec_alloc(x, &id);
+    if (st) return st;
+    R(x, id)->key = key;
+    st = cxl_keytab_add(&x->tab, key, id, rec_key, x);
+    if (st) {
+        R(x, id)->next = x->free_head;
+        x->free_head = id;
+        return st;
+    }
+    *out = id;
+    return CXL_OK;
+}
+
+static int insert_new(cxl_index *x, uint64_t key, int32_t ti, uint32_t bytes, int32_t owner)
+{
+    uint32_t id;
+    int to_main;
+    int st = claim(x, key, ti, &id, &to_main);
+    if (st) return st;
+    rec *r = R(x, id);
+    r->sharers = 0;
+    r->bytes = bytes;
+    r->last = ++x->clock;
+    r->freq = 1;
+    r->refs = 0;
+    r->owner = owner < 0 ? OWNER_NONE : (uint8_t)owner;
+    r->prev = r->next = NIL;
+    return attach(x, id, ti, to_main);
+}
+
+static void touch(cxl_index *x, uint32_t id)
+{
+    rec *r = R(x, id);
+    if (r->freq < FREQ_MAX) r->freq++;
+    r->last = ++x->clock;
+    order_touch(x, r->tier, id);
+}
+
+/* ------------------------------------------------------------------ public API */
+
+int cxl_index_new(int32_t n_tiers, const uint64_t *cap_bytes, const int64_t *cap_blocks,
+                  const int32_t *ordering, cxl_index **out)
+{
+    if (!out || !cap_bytes || !cap_blocks || !ordering)
+        return cxl_fail(CXL_EINVAL, "index: NULL argument");
+    if (n_tiers < 1 || n_tiers > MAX_TIERS)
+        return cxl_fail(CXL_EINVAL, "index: tiers must be 1..%d, got %d", MAX_TIERS, n_tiers);
+    for (int32_t i = 0; i < n_tiers; i++) {
+        if (ordering[i] < CXL_ORD_LRU || ordering[i] > CXL_ORD_SIEVE)
+            return cxl_fail(CXL_EINVAL, "index: tier %d has unknown ordering %d", i, ordering[i]);
+        if (ordering[i] == CXL_ORD_S3FIFO && cap_blocks[i] < 0 && cap_bytes[i] == 0)
+            return cxl_fail(CXL_EINVAL, "index: tier %d: S3-FIFO needs a capacity", i);
+    }
+    cxl_index *x = calloc(1, sizeof *x);
+    if (!x) return cxl_fail(CXL_ENOMEM, "index: out of memory");
+    x->free_head = NIL;
+    x->n_tiers = n_tiers;
+    for (int32_t i = 0; i < n_tiers; i++) {
+        tier *t = &x->tiers[i];
+        t->ordering = ordering[i];
+        t->cap_bytes = cap_bytes[i];
+        t->cap_blocks = cap_blocks[i];
+        t->main = t->small = t->ghost = (list){NIL, NIL, 0, 0};
+        t->hand = NIL;
+    }
+    int st = cxl_keytab_init(&x->tab, 1024);
+    if (st) { free(x); return st; }
+    *out = x;
+    return CXL_OK;
+}
+
+void cxl_index_free(cxl_index *x)
+{
+    if (!x) return;
+    for (uint32_t i = 0; i < x->n_chunks; i++) free(x->chunks[i]);
+    free(x->chunks);
+    for (int32_t i = 0; i < x->n_tiers; i++) free(x->tiers[i].heap);
+    cxl_keytab_destroy(&x->tab);
+    free(x);
+}
+
+int32_t cxl_index_n_tiers(cxl_index *x) { return x ? x->n_tiers : 0; }
+
+int64_t cxl_index_size(cxl_index *x)
+{
+    int64_t n = 0;
+    for (int32_t i = 0; x && i < x->n_tiers; i++) n += x->tiers[i].blocks;
+    return n;
+}
+
+uint64_t cxl_index_memory_bytes(cxl_index *x)
+{
+    if (!x) return 0;
+    uint64_t m = sizeof *x + (uint64_t)x->n_chunks * CHUNK * sizeof(rec) +
+                 (uint64_t)x->cap_chunks * sizeof(rec *) + (x->tab.mask + 1) * sizeof(uint32_t);
+    for (int32_t i = 0; i < x->n_tiers; i++) m += (uint64_t)x->tiers[i].heap_cap * 4;
+    return m;
+}
+
+static int check_tier(const cxl_index *x, int32_t ti)
+{
+    if (ti < 0 || ti >= x->n_tiers)
+        return cxl_fail(CXL_EINVAL, "index: tier %d out of range 0..%d", ti, x->n_tiers - 1);
+    return CXL_OK;
+}
+
+static int resident(const cxl_index *x, uint64_t key, uint32_t *id)
+{
+    *id = find_resident(x, key);
+    if (*id == NIL)
+        return cxl_fail(CXL_ENOTFOUND, "index: block %llu is not in the index",
+                        (unsigned long long)key);
+    return CXL_OK;
+}
+
+int cxl_index_lookup(cxl_index *x, uint64_t key, int32_t *tier_out)
+{
+    if (!x || !tier_out) return cxl_fail(CXL_EINVAL, "index: NULL argument");
+    uint32_t id = find_resident(x, key);
+    *tier_out = id == NIL ? -1 : R(x, id)->tier;
+    return CXL_OK;
+}
+
+int cxl_index_lookup_batch(cxl_index *x, const uint64_t *keys, int32_t *tiers, int64_t n)
+{
+    if (!x || n < 0 || (n && (!keys || !tiers))) return cxl_fail(CXL_EINVAL, "index: NULL array");
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t id = find_resident(x, keys[i]);
+        tiers[i] = id == NIL ? -1 : R(x, id)->tier;
+    }
+    return CXL_OK;
+}
+
+int cxl_index_info(cxl_index *x, uint64_t key, cxl_block_info *out)
+{
+    if (!x || !out) return cxl_fail(CXL_EINVAL, "index: NULL argument");
+    uint32_t id;
+    int st = resident(x, key, &id);
+    if (st) return st;
+    const rec *r = R(x, id);
+    out->tier = r->tier;
+    out->bytes = r->bytes;
+    out->refs = r->refs;
+    out->owner = r->owner == OWNER_NONE ? -1 : r->owner;
+    out->sharers = r->sharers;
+    out->freq = r->freq;
+    out->last_access = r->last;
+    return CXL_OK;
+}
+
+int cxl_index_insert(cxl_index *x, uint64_t key, int32_t ti, uint32_t bytes, int32_t owner)
+{
+    if (!x) return cxl_fail(CXL_EINVAL, "index: NULL argument");
+    int st = check_tier(x, ti);
+    if (st) return st;
+    if (owner < -1 || owner >= OWNER_NONE)
+        return cxl_fail(CXL_EINVAL, "index: owner %d out of range -1..%d", owner, OWNER_NONE - 1);
+    if (find_resident(x, key) != NIL)
+        return cxl_fail(CXL_EEXIST, "index: block %llu is already in tier %d",
+                        (unsigned long long)key, R(x, find_resident(x, key))->tier);
+    if (!tier_fits(&x->tiers[ti], bytes))
+        return cxl_fail(CXL_EFULL, "index: tier %d has no room for %u more bytes", ti, bytes);
+    return insert_new(x, key, ti, bytes, owner);
+}
+
+int cxl_index_remove(cxl_index *x, uint64_t key)
+{
+    if (!x) return cxl_fail(CXL_EINVAL, "index: NULL argument");
+    uint32_t id;
+    int st = resident(x, key, &id);
+    if (st) return st;
+    if (R(x, id)->refs)
+        return cxl_fail(CXL_EPINNED, "index: block %llu is pinned (%u references)",
+                        (unsigned long long)key, R(x, id)->refs);
+    detach(x, id);
+    rec_release(x, id);
+    return CXL_OK;
+}
+
+int cxl_index_move(cxl_index *x, uint64_t key, int32_t ti)
+{
+    if (!x) return cxl_fail(CXL_EINVAL, "index: NULL argument");
+    int st = check_tier(x, ti);
+    if (st) return st;
+    uint32_t id;
+    if ((st = resident(x, key, &id))) return st;
+    rec *r = R(x, id);
+    if (r->tier == ti) return CXL_OK;
+    if (r->refs)
+        return cxl_fail(CXL_EPINNED, "index: block %llu is pinned and cannot move",
+                        (unsigned long long)key);
+    if (!tier_fits(&x->tiers[ti], r->bytes))
+        return cxl_fail(CXL_EFULL, "index: tier %d has no room for %u more bytes", ti, r->bytes);
+    detach(x, id);
+    return attach(x, id, ti, 0);
+}
+
+int cxl_index_touch(cxl_index *x, uint64_t key)
+{
+    if (!x) return cxl_fail(CXL_EINVAL, "index: NULL argument");
+    uint32_t id;
+    int st = resident(x, key, &id);
+    if (st) return st;
+    x->tiers[R(x, id)->tier].hits++;
+    touch(x, id);
+    return CXL_OK;
+}
+
+int cxl_index_pin(cxl_index *x, uint64_t key)
+{
+    if (!x) return cxl_fail(CXL_EINVAL, "index: NULL argument");
+    uint32_t id;
+    int st = resident(x, key, &id);
+    if (st) return st;
+    if (R(x, id)->refs == UINT16_MAX)
+        return cxl_fail(CXL_EINVAL, "index: block %llu has too many pins",
+                        (unsigned long long)key);
+    R(x, id)->refs++;
+    return CXL_OK;
+}
+
+int cxl_index_unpin(cxl_index *x, uint64_t key)
+{
+    if (!x) return cxl_fail(CXL_EINVAL, "index: NULL argument");
+    uint32_t id;
+    int st = resident(x, key, &id);
+    if (st) return st;
+    if (!R(x, id)->refs)
+        return cxl_fail(CXL_EINVAL, "index: block %llu is not pinned", (unsigned long long)key);
+    R(x, id)->refs--;
+    return CXL_OK;
+}
+
+int cxl_index_set_sharers(cxl_index *x, uint64_t key, uint64_t sharers)
+{
+    if (!x) return cxl_fail(CXL_EINVAL, "index: NULL argument");
+    uint32_t id;
+    int st = resident(x, key, &id);
+    if (st) return st;
+    R(x, id)->sharers = sharers;
+    return CXL_OK;
+}
+
+int cxl_index_fits(cxl_index *x, int32_t ti, uint32_t bytes, int32_t *out)
+{
+    if (!x || !out) return cxl_fail(CXL_EINVAL, "index: NULL argument");
+    int st = check_tier(x, ti);
+    if (st) return st;
+    *out = tier_fits(&x->tiers[ti], bytes);
+    return CXL_OK;
+}
+
+int cxl_index_evict_one(cxl_index *x, int32_t ti, uint64_t *key, uint32_t *bytes)
+{
+    if (!x || !key || !bytes) return cxl_fail(CXL_EINVAL, "index: NULL argument");
+    int st = check_tier(x, ti);
+    if (st) return st;
+    uint32_t v = order_victim(x, ti);
+    if (v == NIL)
+        return cxl_fail(CXL_EFULL, "index: tier %d has no unpinned block to evict", ti);
+    *key = R(x, v)->key;
+    *bytes = R(x, v)->bytes;
+    detach(x, v);
+    x->tiers[ti].evictions++;
+    drop(x, v, ti);
+    return CXL_OK;
+}
+
+static int cmp_lfu_ctx_sort(const void *a, const void *b, void *ctx)
+{
+    uint32_t ia = *(const uint32_t *)a, ib = *(const uint32_t *)b;
+    if (lfu_less(ctx, ia, ib)) return -1;
+    if (lfu_less(ctx, ib, ia)) return 1;
+    return 0;
+}
+
+int cxl_index_tier_keys(cxl_index *x, int32_t ti, uint64_t *keys, int64_t max, int64_t *n)
+{
+    if (!x || !n || (max > 0 && !keys)) return cxl_fail(CXL_EINVAL, "index: NULL argument");
+    int st = check_tier(x, ti);
+    if (st) return st;
+    tier *t = &x->tiers[ti];
+    int64_t k = 0;
+    if (t->ordering == CXL_ORD_LFU) {
+        uint32_t *ids = malloc((size_t)(t->main.n ? t->main.n : 1) * sizeof *ids);
+        if (!ids) return cxl_fail(CXL_ENOMEM, "index: out of memory");
+        memcpy(ids, t->heap, (size_t)t->main.n * sizeof *ids);
+        qsort_r(ids, (size_t)t->main.n, sizeof *ids, cmp_lfu_ctx_sort, x);
+        for (; k < t->main.n && k < max; k++) keys[k] = R(x, ids[k])->key;
+        free(ids);
+    } else {
+        /* oldest first: S3-FIFO's small queue, then its main queue */
+        const list *ls[2] = {&t->small, &t->main};
+        for (int li = 0; li < 2; li++)
+            for (uint32_t o = ls[li]->tail; o != NIL && k < max; o = R(x, o)->prev)
+                keys[k++] = R(x, o)->key;
+    }
+    *n = k;
+    return CXL_OK;
+}
+
+int cxl_index_tier_stats(cxl_index *x, int32_t ti, cxl_tier_stats *out)
+{
+    if (!x || !out) return cxl_fail(CXL_EINVAL, "index: NULL argument");
+    int st = check_tier(x, ti);
+    if (st) return st;
+    const tier *t = &x->tiers[ti];
+    *out = (cxl_tier_stats){t->used_bytes, t->cap_bytes, t->blocks, t->cap_blocks,
+                            t->hits, t->inserts, t->evictions};
+    return CXL_OK;
+}
+
+int cxl_index_access_batch(cxl_index *x, const uint64_t *keys, const uint32_t *bytes,
+                           uint32_t default_bytes, int64_t n, int32_t flags, int8_t *out_tier)
+{
+    if (!x || n < 0 || (n && (!keys || !out_tier)))
+        return cxl_fail(CXL_EINVAL, "index: NULL array");
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t id = find_resident(x, keys[i]);
+        if (id != NIL) {
+            int32_t ti = R(x, id)->tier;
+            out_tier[i] = (int8_t)ti;
+            x->tiers[ti].hits++;
+            touch(x, id);
+            if ((flags & CXL_ACCESS_PROMOTE) && ti > 0 && !R(x, id)->refs) {
+                /* detach first so the cascade below can never pick this block */
+                detach(x, id);
+                int st = make_room(x, 0, R(x, id)->bytes, flags);
+                if (st) {
+                    attach(x, id, ti, 0);
+                    return cxl_fail(st, "access %lld: %s", (long long)i, cxl_last_error());
+                }
+                attach(x, id, 0, 0);
+            }
+            continue;
+        }
+        out_tier[i] = -1;
+        uint32_t b = bytes ? bytes[i] : default_bytes;
+        int st = make_room(x, 0, b, flags);
+        if (!st) st = insert_new(x, keys[i], 0, b, -1);
+        if (st) return cxl_fail(st, "access %lld: %s", (long long)i, cxl_last_error());
+    }
+    return CXL_OK;
+}

@@ -1,0 +1,178 @@
+/* Public C API of the cxlsim core.
+ *
+ * This file is read twice: by the C compiler (through cxlsim.h) and by cffi's cdef in
+ * build_core.py, so it holds only declarations cffi understands: no macros, no #include.
+ *
+ * Conventions: every fallible call returns a status (CXL_OK or an error code) and writes results
+ * through out-pointers; nothing aborts or exits. cxl_last_error() gives a message for the last
+ * failure in this thread. Times are virtual nanoseconds (double), sizes are bytes, bandwidths are
+ * bytes per ns (numerically equal to GB/s).
+ */
+
+enum {
+    CXL_OK = 0,
+    CXL_EINVAL = 1,     /* bad argument */
+    CXL_ENOMEM = 2,     /* allocation failed */
+    CXL_ENOTFOUND = 3,  /* key or id not present */
+    CXL_EFULL = 4,      /* no room and nothing evictable */
+    CXL_EPINNED = 5,    /* block is pinned (reference count > 0) */
+    CXL_EEXIST = 6      /* key already present */
+};
+
+const char *cxl_last_error(void);
+
+/* ------------------------------------------------------------------ fabric timing */
+
+typedef struct cxl_fabric cxl_fabric;
+
+typedef struct {
+    double bytes;        /* bytes carried */
+    double busy_ns;      /* time reserved on this resource */
+    double energy_pj;    /* energy of the bytes carried */
+    double free_at_ns;   /* end of the last reservation */
+    uint64_t transfers;  /* transfers that used this resource */
+} cxl_resource_stats;
+
+int cxl_fabric_new(double util_window_ns, cxl_fabric **out);
+void cxl_fabric_free(cxl_fabric *f);
+
+/* A resource is one direction of a link, or a memory's media. queue_ns scales the loaded-latency
+ * term queue_ns * u / (1 - u), u being the utilization seen in the previous window. */
+int cxl_fabric_add_resource(cxl_fabric *f, double bytes_per_ns, double queue_ns,
+                            double pj_per_bit, int32_t *out_id);
+
+/* A route is what one transfer crosses. Entry i uses resource res[i] for the bytes of interleave
+ * way way[i] (-1: all bytes, e.g. a host-side link) with its service time multiplied by
+ * slowdown[i] (e.g. media write vs read bandwidth). Bytes are dealt to the n_ways ways by address
+ * in chunks of `granularity` bytes. The route's fixed latency is base_latency_ns plus the largest
+ * way_latency_ns among the ways the transfer touches. */
+int cxl_fabric_add_route(cxl_fabric *f, int32_t n_entries, const int32_t *res, const int32_t *way,
+                         const double *slowdown, int32_t n_ways, const double *way_latency_ns,
+                         double base_latency_ns, uint64_t granularity, int32_t *out_id);
+
+/* Completion time of `bytes` starting at address addr at time t_ns: every resource on the route
+ * serves its share of the bytes from max(t_ns, the time it is next free) for bytes * slowdown /
+ * bandwidth; the transfer completes when the last of them is done, plus the route latency and the
+ * loaded-latency terms. */
+int cxl_fabric_transfer(cxl_fabric *f, int32_t route, uint64_t addr, uint64_t bytes, double t_ns,
+                        double *done_ns, double *energy_pj);
+
+/* The same over arrays, in order; addr and energy_pj may be NULL. */
+int cxl_fabric_transfer_batch(cxl_fabric *f, const int32_t *route, const uint64_t *addr,
+                              const uint64_t *bytes, const double *t_ns, double *done_ns,
+                              double *energy_pj, int64_t n);
+
+/* Idle latency of the route for an access of `bytes` at addr (no queueing, no contention). */
+int cxl_fabric_idle_latency(cxl_fabric *f, int32_t route, uint64_t addr, uint64_t bytes,
+                            double *out_ns);
+
+/* Closed-loop load in the style of Intel MLC: `threads` issuers each keep one access of
+ * access_bytes in flight and wait delay_ns after each completion before issuing the next; a
+ * deterministic read_ratio share of accesses use read_route, the rest write_route; addresses
+ * advance sequentially. Runs n_accesses and reports mean latency and achieved bandwidth. */
+int cxl_fabric_closed_loop(cxl_fabric *f, int32_t read_route, int32_t write_route,
+                           double read_ratio, int32_t threads, double delay_ns,
+                           uint64_t access_bytes, int64_t n_accesses, double *mean_latency_ns,
+                           double *bandwidth_gbps);
+
+int cxl_fabric_resource_stats(cxl_fabric *f, int32_t res, cxl_resource_stats *out);
+int32_t cxl_fabric_n_resources(cxl_fabric *f);
+/* Clear timelines, utilization windows and counters (topology stays). */
+void cxl_fabric_reset(cxl_fabric *f);
+
+/* ------------------------------------------------------------------ coherence */
+
+typedef struct cxl_coherence cxl_coherence;
+
+typedef struct {
+    uint64_t reads;
+    uint64_t writes;
+    uint64_t invalidations;   /* sharer copies back-invalidated */
+    uint64_t bi_events;       /* writes that had to back-invalidate someone */
+    uint64_t snoops;          /* reads that found the block modified by another host */
+    double bi_ns;             /* total time writers waited on back-invalidation */
+    double snoop_ns;          /* total time readers waited on snoop + write-back */
+    int64_t tracked;          /* blocks in the directory */
+} cxl_coh_stats;
+
+/* Directory for blocks shared by up to 64 hosts. bi_ns[h]: time to back-invalidate host h's
+ * copy; snoop_ns[h]: time to snoop host h and write its modified data back. */
+int cxl_coh_new(int32_t n_hosts, const double *bi_ns, const double *snoop_ns,
+                cxl_coherence **out);
+void cxl_coh_free(cxl_coherence *c);
+int cxl_coh_read(cxl_coherence *c, uint64_t key, int32_t host, double *extra_ns);
+int cxl_coh_write(cxl_coherence *c, uint64_t key, int32_t host, double *extra_ns);
+int cxl_coh_drop(cxl_coherence *c, uint64_t key, int32_t host);
+int cxl_coh_forget(cxl_coherence *c, uint64_t key);
+int cxl_coh_state(cxl_coherence *c, uint64_t key, uint64_t *sharers, int32_t *modified_by);
+void cxl_coh_stats_get(cxl_coherence *c, cxl_coh_stats *out);
+
+/* ------------------------------------------------------------------ KV block index */
+
+typedef struct cxl_index cxl_index;
+
+enum {
+    CXL_ORD_LRU = 0,
+    CXL_ORD_FIFO = 1,
+    CXL_ORD_LFU = 2,      /* least frequent first, ties by least recent */
+    CXL_ORD_S3FIFO = 3,   /* small FIFO + main FIFO + ghost keys */
+    CXL_ORD_SIEVE = 4
+};
+
+enum {
+    CXL_ACCESS_PROMOTE = 1,   /* a hit below tier 0 moves the block up to tier 0 */
+    CXL_ACCESS_DEMOTE = 2     /* a block evicted from tier t goes to tier t+1 instead of leaving */
+};
+
+typedef struct {
+    int32_t tier;
+    uint32_t bytes;
+    uint32_t refs;
+    int32_t owner;
+    uint64_t sharers;
+    uint32_t freq;          /* accesses since insertion (saturates at 65535) */
+    uint32_t last_access;   /* value of the access clock at the last access */
+} cxl_block_info;
+
+typedef struct {
+    uint64_t used_bytes;
+    uint64_t cap_bytes;
+    int64_t blocks;
+    int64_t cap_blocks;
+    uint64_t hits;
+    uint64_t inserts;
+    uint64_t evictions;     /* blocks that left the tier to make room */
+} cxl_tier_stats;
+
+/* cap_blocks[t] < 0 means no block-count limit; cap_bytes[t] == 0 means no byte limit. */
+int cxl_index_new(int32_t n_tiers, const uint64_t *cap_bytes, const int64_t *cap_blocks,
+                  const int32_t *ordering, cxl_index **out);
+void cxl_index_free(cxl_index *x);
+int32_t cxl_index_n_tiers(cxl_index *x);
+int64_t cxl_index_size(cxl_index *x);
+uint64_t cxl_index_memory_bytes(cxl_index *x);
+
+int cxl_index_lookup(cxl_index *x, uint64_t key, int32_t *tier);           /* tier -1: absent */
+int cxl_index_lookup_batch(cxl_index *x, const uint64_t *keys, int32_t *tiers, int64_t n);
+int cxl_index_info(cxl_index *x, uint64_t key, cxl_block_info *out);
+int cxl_index_insert(cxl_index *x, uint64_t key, int32_t tier, uint32_t bytes, int32_t owner);
+int cxl_index_remove(cxl_index *x, uint64_t key);
+int cxl_index_move(cxl_index *x, uint64_t key, int32_t tier);
+int cxl_index_touch(cxl_index *x, uint64_t key);
+int cxl_index_pin(cxl_index *x, uint64_t key);
+int cxl_index_unpin(cxl_index *x, uint64_t key);
+int cxl_index_set_sharers(cxl_index *x, uint64_t key, uint64_t sharers);
+/* Would `bytes` more fit in the tier without evicting? */
+int cxl_index_fits(cxl_index *x, int32_t tier, uint32_t bytes, int32_t *out);
+/* The tier's ordering picks its next victim (pinned blocks are skipped) and the block leaves the
+ * tier: it is removed from the index; the caller decides to drop it or insert it elsewhere. */
+int cxl_index_evict_one(cxl_index *x, int32_t tier, uint64_t *key, uint32_t *bytes);
+/* Keys of a tier from the next victim onwards (up to max); no state changes. */
+int cxl_index_tier_keys(cxl_index *x, int32_t tier, uint64_t *keys, int64_t max, int64_t *n);
+int cxl_index_tier_stats(cxl_index *x, int32_t tier, cxl_tier_stats *out);
+
+/* The built-in fast path: each key is looked up; a hit is touched (and promoted with
+ * CXL_ACCESS_PROMOTE); a miss is inserted into tier 0, making room by the tiers' orderings
+ * (demoting with CXL_ACCESS_DEMOTE). out_tier[i] is the tier that hit, or -1 for a miss. */
+int cxl_index_access_batch(cxl_index *x, const uint64_t *keys, const uint32_t *bytes,
+                           uint32_t default_bytes, int64_t n, int32_t flags, int8_t *out_tier);
