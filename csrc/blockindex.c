@@ -75,7 +75,7 @@ static inline rec *R(const cxl_index *x, uint32_t id)
     return &x->chunks[id >> CHUNK_BITS][id & (CHUNK - 1)];
 }
 
-static uint64_t rec_key(const void *ctx, uint32_t id) { return R(ctx, id)->key; }
+static inline uint64_t rec_key(const cxl_index *x, uint32_t id) { return R(x, id)->key; }
 
 /* ------------------------------------------------------------------ lists */
 
@@ -200,15 +200,17 @@ static int rec_alloc(cxl_index *x, uint32_t *out)
 static void rec_release(cxl_index *x, uint32_t id)
 {
     rec *r = R(x, id);
-    cxl_keytab_del(&x->tab, r->key, rec_key, x);
+    cxl_keytab_del(&x->tab, r->key, id);
     r->tier = TIER_FREE;
     r->next = x->free_head;
     x->free_head = id;
 }
 
-static uint32_t find(const cxl_index *x, uint64_t key)
+static inline uint32_t find(const cxl_index *x, uint64_t key)
 {
-    return cxl_keytab_find(&x->tab, key, rec_key, x);
+    uint32_t id;
+    CXL_KEYTAB_FIND(&x->tab, key, rec_key, x, id);
+    return id;
 }
 
 /* A resident record's id, or NIL for absent keys and ghosts. */
@@ -433,6 +435,7 @@ static void drop(cxl_index *x, uint32_t id, int32_t ti)
 }
 
 static int make_room(cxl_index *x, int32_t ti, uint32_t bytes, int32_t flags);
+static inline void prefetch_next_victim(const cxl_index *x, const tier *t);
 
 /* Move an unpinned, detached record into tier ti, making room there first; drop it if the tier
  * cannot take it (everything pinned, or the block is larger than the tier). */
@@ -464,15 +467,17 @@ static int make_room(cxl_index *x, int32_t ti, uint32_t bytes, int32_t flags)
         } else {
             drop(x, v, ti);
         }
+        prefetch_next_victim(x, t);
     }
     return CXL_OK;
 }
 
 /* Take a free record for key, reusing its ghost if it has one; *to_main tells whether the ghost
  * belonged to tier ti (S3-FIFO then admits straight to main). */
-static int claim(cxl_index *x, uint64_t key, int32_t ti, uint32_t *out, int *to_main)
+static int claim(cxl_index *x, uint64_t key, uint32_t found, int32_t ti, uint32_t *out,
+                 int *to_main)
 {
-    uint32_t id = find(x, key);
+    uint32_t id = found;
     *to_main = 0;
     if (id != CXL_KEYTAB_MISS) {
         rec *r = R(x, id);
@@ -485,7 +490,7 @@ static int claim(cxl_index *x, uint64_t key, int32_t ti, uint32_t *out, int *to_
     int st = rec_alloc(x, &id);
     if (st) return st;
     R(x, id)->key = key;
-    st = cxl_keytab_add(&x->tab, key, id, rec_key, x);
+    st = cxl_keytab_add(&x->tab, key, id);
     if (st) {
         R(x, id)->next = x->free_head;
         x->free_head = id;
@@ -495,11 +500,13 @@ static int claim(cxl_index *x, uint64_t key, int32_t ti, uint32_t *out, int *to_
     return CXL_OK;
 }
 
-static int insert_new(cxl_index *x, uint64_t key, int32_t ti, uint32_t bytes, int32_t owner)
+/* found: what find(x, key) returned (a ghost's id, or CXL_KEYTAB_MISS). */
+static int insert_new(cxl_index *x, uint64_t key, uint32_t found, int32_t ti, uint32_t bytes,
+                      int32_t owner)
 {
     uint32_t id;
     int to_main;
-    int st = claim(x, key, ti, &id, &to_main);
+    int st = claim(x, key, found, ti, &id, &to_main);
     if (st) return st;
     rec *r = R(x, id);
     r->sharers = 0;
@@ -518,6 +525,26 @@ static void touch(cxl_index *x, uint32_t id)
     if (r->freq < FREQ_MAX) r->freq++;
     r->last = ++x->clock;
     order_touch(x, r->tier, id);
+}
+
+static inline void prefetch_record(const cxl_index *x, uint64_t key)
+{
+    uint64_t h = cxl_mix64(key);
+    uint64_t slot = x->tab.slots[h & x->tab.mask];
+    if (slot && (uint32_t)(slot >> 32) == (uint32_t)h) {
+        uint32_t id = (uint32_t)slot - 1;
+        __builtin_prefetch(&x->chunks[id >> CHUNK_BITS][id & (CHUNK - 1)]);
+    }
+}
+
+/* After an eviction from a list tier, start loading what the next one will touch: the new tail's
+ * neighbour record and the new tail's key-table slot. */
+static inline void prefetch_next_victim(const cxl_index *x, const tier *t)
+{
+    if ((t->ordering != CXL_ORD_LRU && t->ordering != CXL_ORD_FIFO) || t->main.tail == NIL) return;
+    const rec *r = R(x, t->main.tail);
+    if (r->prev != NIL) __builtin_prefetch(R(x, r->prev));
+    cxl_keytab_prefetch(&x->tab, r->key);
 }
 
 /* ------------------------------------------------------------------ public API */
@@ -547,7 +574,12 @@ int cxl_index_new(int32_t n_tiers, const uint64_t *cap_bytes, const int64_t *cap
         t->main = t->small = t->ghost = (list){NIL, NIL, 0, 0};
         t->hand = NIL;
     }
-    int st = cxl_keytab_init(&x->tab, 1024);
+    /* size the key table for the block limits up front (S3-FIFO ghosts double a tier) */
+    uint64_t expect = 0;
+    for (int32_t i = 0; i < n_tiers; i++)
+        if (cap_blocks[i] > 0) expect += (uint64_t)cap_blocks[i] * (ordering[i] == CXL_ORD_S3FIFO ? 2 : 1);
+    if (expect > (1u << 26)) expect = 1u << 26;
+    int st = cxl_keytab_init(&x->tab, expect > 1024 ? expect : 1024);
     if (st) { free(x); return st; }
     *out = x;
     return CXL_OK;
@@ -605,6 +637,55 @@ int cxl_index_lookup(cxl_index *x, uint64_t key, int32_t *tier_out)
     return CXL_OK;
 }
 
+int32_t cxl_index_tier_of(cxl_index *x, uint64_t key)
+{
+    uint32_t id = find_resident(x, key);
+    return id == NIL ? -1 : R(x, id)->tier;
+}
+
+int32_t cxl_index_fits_now(cxl_index *x, int32_t ti, uint32_t bytes)
+{
+    return ti >= 0 && ti < x->n_tiers && tier_fits(&x->tiers[ti], bytes);
+}
+
+int32_t cxl_index_refs_of(cxl_index *x, uint64_t key)
+{
+    uint32_t id = find_resident(x, key);
+    return id == NIL ? -1 : R(x, id)->refs;
+}
+
+int64_t cxl_index_bytes_of(cxl_index *x, uint64_t key)
+{
+    uint32_t id = find_resident(x, key);
+    return id == NIL ? -1 : (int64_t)R(x, id)->bytes;
+}
+
+int32_t cxl_index_hit(cxl_index *x, uint64_t key)
+{
+    uint32_t id = find_resident(x, key);
+    if (id == NIL) return -1;
+    int32_t ti = R(x, id)->tier;
+    x->tiers[ti].hits++;
+    touch(x, id);
+    return ti;
+}
+
+int cxl_index_remove_from(cxl_index *x, uint64_t key, int32_t ti)
+{
+    if (!x) return cxl_fail(CXL_EINVAL, "index: NULL argument");
+    uint32_t id = find_resident(x, key);
+    if (id == NIL || R(x, id)->tier != ti)
+        return cxl_fail(CXL_EINVAL, "index: block %llu is not in tier %d",
+                        (unsigned long long)key, ti);
+    if (R(x, id)->refs)
+        return cxl_fail(CXL_EPINNED, "index: block %llu is pinned (%u references)",
+                        (unsigned long long)key, R(x, id)->refs);
+    detach(x, id);
+    x->tiers[ti].evictions++;
+    rec_release(x, id);
+    return CXL_OK;
+}
+
 int cxl_index_lookup_batch(cxl_index *x, const uint64_t *keys, int32_t *tiers, int64_t n)
 {
     if (!x || n < 0 || (n && (!keys || !tiers))) return cxl_fail(CXL_EINVAL, "index: NULL array");
@@ -644,7 +725,7 @@ int cxl_index_insert(cxl_index *x, uint64_t key, int32_t ti, uint32_t bytes, int
                         (unsigned long long)key, R(x, find_resident(x, key))->tier);
     if (!tier_fits(&x->tiers[ti], bytes))
         return cxl_fail(CXL_EFULL, "index: tier %d has no room for %u more bytes", ti, bytes);
-    return insert_new(x, key, ti, bytes, owner);
+    return insert_new(x, key, find(x, key), ti, bytes, owner);
 }
 
 int cxl_index_remove(cxl_index *x, uint64_t key)
@@ -800,28 +881,38 @@ int cxl_index_access_batch(cxl_index *x, const uint64_t *keys, const uint32_t *b
     if (!x || n < 0 || (n && (!keys || !out_tier)))
         return cxl_fail(CXL_EINVAL, "index: NULL array");
     for (int64_t i = 0; i < n; i++) {
-        uint32_t id = find_resident(x, keys[i]);
+        /* two-stage prefetch: the slot 8 keys ahead, the record behind it 4 keys ahead */
+        if (i + 8 < n) cxl_keytab_prefetch(&x->tab, keys[i + 8]);
+        if (i + 4 < n) prefetch_record(x, keys[i + 4]);
+        uint32_t found = find(x, keys[i]);
+        uint32_t id = (found != CXL_KEYTAB_MISS && R(x, found)->tier >= 0) ? found : NIL;
         if (id != NIL) {
             int32_t ti = R(x, id)->tier;
             out_tier[i] = (int8_t)ti;
             x->tiers[ti].hits++;
             touch(x, id);
             if ((flags & CXL_ACCESS_PROMOTE) && ti > 0 && !R(x, id)->refs) {
-                /* detach first so the cascade below can never pick this block */
-                detach(x, id);
+                /* hold the block where it is while room is made in tier 0, so the cascade
+                 * cannot pick it; if no room can be made it simply stays */
+                R(x, id)->refs++;
                 int st = make_room(x, 0, R(x, id)->bytes, flags);
-                if (st) {
-                    attach(x, id, ti, 0);
+                R(x, id)->refs--;
+                if (st == CXL_OK) {
+                    detach(x, id);
+                    attach(x, id, 0, 0);
+                } else if (st != CXL_EFULL) {
                     return cxl_fail(st, "access %lld: %s", (long long)i, cxl_last_error());
                 }
-                attach(x, id, 0, 0);
             }
             continue;
         }
         out_tier[i] = -1;
         uint32_t b = bytes ? bytes[i] : default_bytes;
         int st = make_room(x, 0, b, flags);
-        if (!st) st = insert_new(x, keys[i], 0, b, -1);
+        if (st == CXL_EFULL) continue;   /* larger than the tier, or all pinned: not cached */
+        /* making room may have trimmed this key's own ghost (records are not reused there) */
+        if (found != CXL_KEYTAB_MISS && R(x, found)->tier != TIER_GHOST) found = CXL_KEYTAB_MISS;
+        if (!st) st = insert_new(x, keys[i], found, 0, b, -1);
         if (st) return cxl_fail(st, "access %lld: %s", (long long)i, cxl_last_error());
     }
     return CXL_OK;

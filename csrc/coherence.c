@@ -27,10 +27,7 @@ struct cxl_coherence {
     cxl_coh_stats st;
 };
 
-static uint64_t entry_key(const void *ctx, uint32_t id)
-{
-    return ((const cxl_coherence *)ctx)->entries[id].key;
-}
+static inline uint64_t entry_key(const cxl_coherence *c, uint32_t id) { return c->entries[id].key; }
 
 int cxl_coh_new(int32_t n_hosts, const double *bi_ns, const double *snoop_ns, cxl_coherence **out)
 {
@@ -69,7 +66,8 @@ static int check_host(const cxl_coherence *c, int32_t host)
 
 static coh_entry *find(cxl_coherence *c, uint64_t key)
 {
-    uint32_t id = cxl_keytab_find(&c->tab, key, entry_key, c);
+    uint32_t id;
+    CXL_KEYTAB_FIND(&c->tab, key, entry_key, c, id);
     return id == CXL_KEYTAB_MISS ? NULL : &c->entries[id];
 }
 
@@ -92,7 +90,7 @@ static int find_or_add(cxl_coherence *c, uint64_t key, coh_entry **out)
         id = c->n_entries++;
     }
     c->entries[id] = (coh_entry){key, 0, -1, 0};
-    int st = cxl_keytab_add(&c->tab, key, id, entry_key, c);
+    int st = cxl_keytab_add(&c->tab, key, id);
     if (st) return st;
     c->st.tracked++;
     *out = &c->entries[id];
@@ -164,11 +162,12 @@ int cxl_coh_drop(cxl_coherence *c, uint64_t key, int32_t host)
 int cxl_coh_forget(cxl_coherence *c, uint64_t key)
 {
     if (!c) return cxl_fail(CXL_EINVAL, "coherence: NULL argument");
-    uint32_t id = cxl_keytab_find(&c->tab, key, entry_key, c);
+    uint32_t id;
+    CXL_KEYTAB_FIND(&c->tab, key, entry_key, c, id);
     if (id == CXL_KEYTAB_MISS)
         return cxl_fail(CXL_ENOTFOUND, "coherence: block %llu is not tracked",
                         (unsigned long long)key);
-    cxl_keytab_del(&c->tab, key, entry_key, c);
+    cxl_keytab_del(&c->tab, key, id);
     c->entries[id].next_free = c->free_head;
     c->free_head = id + 1;
     c->st.tracked--;

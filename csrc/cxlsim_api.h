@@ -154,6 +154,15 @@ uint64_t cxl_index_memory_bytes(cxl_index *x);
 
 int cxl_index_lookup(cxl_index *x, uint64_t key, int32_t *tier);           /* tier -1: absent */
 int cxl_index_lookup_batch(cxl_index *x, const uint64_t *keys, int32_t *tiers, int64_t n);
+/* Infallible forms for the per-block Python path (x must be a live index, tier in range). */
+int32_t cxl_index_tier_of(cxl_index *x, uint64_t key);                     /* -1: absent */
+int32_t cxl_index_fits_now(cxl_index *x, int32_t tier, uint32_t bytes);    /* 1: fits */
+int32_t cxl_index_refs_of(cxl_index *x, uint64_t key);                     /* -1: absent */
+int64_t cxl_index_bytes_of(cxl_index *x, uint64_t key);                    /* -1: absent */
+/* Look up and, on a hit, count it and update the tier's ordering, in one call: tier or -1. */
+int32_t cxl_index_hit(cxl_index *x, uint64_t key);
+/* Remove a block that must be resident in `tier` and unpinned (EINVAL / EPINNED otherwise). */
+int cxl_index_remove_from(cxl_index *x, uint64_t key, int32_t tier);
 int cxl_index_info(cxl_index *x, uint64_t key, cxl_block_info *out);
 int cxl_index_insert(cxl_index *x, uint64_t key, int32_t tier, uint32_t bytes, int32_t owner);
 int cxl_index_remove(cxl_index *x, uint64_t key);
@@ -172,7 +181,9 @@ int cxl_index_tier_keys(cxl_index *x, int32_t tier, uint64_t *keys, int64_t max,
 int cxl_index_tier_stats(cxl_index *x, int32_t tier, cxl_tier_stats *out);
 
 /* The built-in fast path: each key is looked up; a hit is touched (and promoted with
- * CXL_ACCESS_PROMOTE); a miss is inserted into tier 0, making room by the tiers' orderings
- * (demoting with CXL_ACCESS_DEMOTE). out_tier[i] is the tier that hit, or -1 for a miss. */
+ * CXL_ACCESS_PROMOTE, the block held in place while room is made in tier 0); a miss is inserted
+ * into tier 0, making room by the tiers' orderings (demoting with CXL_ACCESS_DEMOTE; a victim
+ * the next tier cannot take is dropped). A block that cannot get room (larger than the tier, or
+ * everything pinned) is not cached. out_tier[i] is the tier that hit, or -1 for a miss. */
 int cxl_index_access_batch(cxl_index *x, const uint64_t *keys, const uint32_t *bytes,
                            uint32_t default_bytes, int64_t n, int32_t flags, int8_t *out_tier);

@@ -7,24 +7,6 @@
  * `return cxl_fail(CXL_EINVAL, "...", ...);`. */
 int cxl_fail(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
-/* Open-addressing table from a 64-bit key to a record id. The keys themselves live in the
- * records (first field of each record, `stride` bytes apart), so a slot costs 4 bytes. */
-typedef struct {
-    uint32_t *slots;   /* record id + 1; 0 marks an empty slot */
-    uint64_t mask;     /* capacity - 1, capacity a power of two */
-    int64_t count;
-} cxl_keytab;
-
-#define CXL_KEYTAB_MISS UINT32_MAX
-
-int cxl_keytab_init(cxl_keytab *t, uint64_t capacity);
-void cxl_keytab_destroy(cxl_keytab *t);
-/* The record id holding key, or CXL_KEYTAB_MISS. `key_of(ctx, id)` reads a record's key. */
-typedef uint64_t (*cxl_key_of)(const void *ctx, uint32_t id);
-uint32_t cxl_keytab_find(const cxl_keytab *t, uint64_t key, cxl_key_of key_of, const void *ctx);
-int cxl_keytab_add(cxl_keytab *t, uint64_t key, uint32_t id, cxl_key_of key_of, const void *ctx);
-void cxl_keytab_del(cxl_keytab *t, uint64_t key, cxl_key_of key_of, const void *ctx);
-
 static inline uint64_t cxl_mix64(uint64_t x)
 {
     /* splitmix64 finalizer: trace keys may be small consecutive integers */
@@ -33,4 +15,44 @@ static inline uint64_t cxl_mix64(uint64_t x)
     x ^= x >> 31;
     return x;
 }
+
+/* Open-addressing table from a 64-bit key to a record id. A slot is 8 bytes: the low 32 bits of
+ * the key's hash (which also give its home slot) and the record id + 1, so probing, deleting and
+ * growing never touch the records; only a hash match reads the record's key (its first field). */
+typedef struct {
+    uint64_t *slots;   /* (hash32 << 32) | (id + 1); 0 marks an empty slot */
+    uint64_t mask;     /* capacity - 1, capacity a power of two */
+    int64_t count;
+} cxl_keytab;
+
+#define CXL_KEYTAB_MISS UINT32_MAX
+
+int cxl_keytab_init(cxl_keytab *t, uint64_t min_entries);
+void cxl_keytab_destroy(cxl_keytab *t);
+int cxl_keytab_add(cxl_keytab *t, uint64_t key, uint32_t id);
+/* Remove the slot that maps to record id (which holds key). */
+void cxl_keytab_del(cxl_keytab *t, uint64_t key, uint32_t id);
+
+static inline void cxl_keytab_prefetch(const cxl_keytab *t, uint64_t key)
+{
+    __builtin_prefetch(&t->slots[cxl_mix64(key) & t->mask]);
+}
+
+/* Record id holding key, or CXL_KEYTAB_MISS; key_of reads a record's key (inlined by callers). */
+#define CXL_KEYTAB_FIND(t, key, key_of, ctx, out)                                   \
+    do {                                                                          \
+        uint64_t h_ = cxl_mix64(key), i_ = h_ & (t)->mask;                        \
+        uint32_t tag_ = (uint32_t)h_;                                             \
+        (out) = CXL_KEYTAB_MISS;                                                  \
+        for (;;) {                                                                \
+            uint64_t s_ = (t)->slots[i_];                                         \
+            if (!s_) break;                                                       \
+            if ((uint32_t)(s_ >> 32) == tag_ &&                                   \
+                key_of((ctx), (uint32_t)s_ - 1) == (key)) {                       \
+                (out) = (uint32_t)s_ - 1;                                         \
+                break;                                                            \
+            }                                                                     \
+            i_ = (i_ + 1) & (t)->mask;                                            \
+        }                                                                         \
+    } while (0)
 #endif

@@ -1,0 +1,9 @@
+"""Placement policies: the contract (base.Policy), the registry and the built-ins.
+
+Importing this package registers every built-in policy module listed below.
+"""
+from .base import Policy
+from .registry import known_policies, make_policy, policy_class, register
+from . import lru, fifo, lfu, s3fifo, sieve  # noqa: F401  (registration)
+
+__all__ = ["Policy", "register", "make_policy", "policy_class", "known_policies"]

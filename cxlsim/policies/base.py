@@ -1,0 +1,86 @@
+"""The placement-policy contract.
+
+A policy decides; it never changes state. The engine (cxlsim.kv.KVStore) owns the block index,
+asks the policy at each decision point, checks the answer and applies it, then tells the policy
+what happened so it can keep its own bookkeeping (recency lists, counters, ghost keys).
+
+Decision points, in the order the engine reaches them for one block access:
+
+1. The block is resident in tier `t`: `on_hit(key, t, pos, parent)` returns the tier it should
+   be in after this hit (`t` to stay, a smaller tier to promote). If that tier is full the engine
+   makes room there first (step 3), then moves the block and calls `on_move`.
+2. The block is absent: `place(key, nbytes, pos, parent)` returns the tier for the new block, the
+   engine makes room there (step 3), inserts it and calls `on_insert`.
+3. Making room in tier `t`: while the new block does not fit, the engine calls `victim(t)`, which
+   must return the key of an unpinned block resident in `t`, then `demote_to(key, t)`: a tier to
+   move it to (room is made there the same way) or None to drop it. The engine then calls
+   `on_move(key, t, dest)` or `on_remove(key, t)`.
+
+Arguments: `key` is the 64-bit prefix key of the block (it stands for the block and every block
+before it in the request), `pos` the block's position in the request (0 = first), `parent` the key
+of the block before it (None for pos 0), `nbytes` its size, tiers are ints (0 = fastest; names in
+`self.view.tier_names`).
+
+What a policy may read: `self.view` (an IndexView: tier_of, is_pinned, fits, info, tier_stats)
+and its own state. What it must never do: change the index, return a pinned or non-resident
+victim, or rely on being told about blocks the engine pins or unpins (pinning is the engine's).
+Policies must be deterministic: the same calls in the same order give the same answers.
+
+A policy whose decisions equal one of the C orderings sets `c_ordering` (and `promote_on_hit`,
+`demote_on_evict` to match its on_hit/demote_to); engines may then run the whole stream in C
+(BlockIndex.access_batch). The pure-Python methods stay the reference: tests check both agree.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+from ..index import IndexView
+
+
+class Policy:
+    """Base class: places new blocks in tier 0, never promotes, demotes victims one tier down."""
+
+    #: registry name, set by @register
+    name: ClassVar[str] = ""
+    #: C ordering with identical decisions ("lru", "fifo", "lfu", "s3fifo", "sieve") or None
+    c_ordering: ClassVar[str | None] = None
+    promote_on_hit: ClassVar[bool] = True
+    demote_on_evict: ClassVar[bool] = True
+    #: serving engines write new blocks through to the next tier as well (SGLang HiCache style)
+    write_through: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.view: IndexView | None = None
+
+    def attach(self, view: IndexView) -> None:
+        """Called once, before any other method, with the read-only index view."""
+        self.view = view
+
+    # ---- decisions -------------------------------------------------------------------------
+    def place(self, key: int, nbytes: int, pos: int, parent: int | None) -> int:
+        """Tier for a block that is not resident. Default: the fastest tier."""
+        return 0
+
+    def on_hit(self, key: int, tier: int, pos: int, parent: int | None) -> int:
+        """Tier the block should occupy after this hit. Default: promote to 0 if promote_on_hit."""
+        return 0 if self.promote_on_hit else tier
+
+    def victim(self, tier: int) -> int:
+        """Key of the next unpinned block to leave `tier`. Must be overridden."""
+        raise NotImplementedError(f"policy {self.name!r} does not choose victims")
+
+    def demote_to(self, key: int, tier: int) -> int | None:
+        """Where a victim of `tier` goes: the next tier down if demote_on_evict, else dropped."""
+        if self.demote_on_evict and tier + 1 < self.view.n_tiers:
+            return tier + 1
+        return None
+
+    # ---- notifications (bookkeeping only) --------------------------------------------------
+    def on_insert(self, key: int, tier: int, pos: int, parent: int | None) -> None:
+        """A new block entered `tier`."""
+
+    def on_move(self, key: int, src: int, dst: int) -> None:
+        """A resident block moved from tier src to tier dst (promotion or demotion)."""
+
+    def on_remove(self, key: int, tier: int) -> None:
+        """A block left the index from `tier` (evicted and dropped)."""

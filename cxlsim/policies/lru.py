@@ -1,0 +1,37 @@
+"""LRU: evict the least recently used block of the tier (reference for the C ordering)."""
+from collections import OrderedDict
+
+from .base import Policy
+from .registry import register
+
+
+@register("lru")
+class LRU(Policy):
+    """Least recently used first. Hits promote to tier 0; victims demote one tier down."""
+
+    c_ordering = "lru"
+
+    def attach(self, view):
+        super().attach(view)
+        self.lists = [OrderedDict() for _ in range(view.n_tiers)]  # oldest first
+
+    def on_insert(self, key, tier, pos, parent):
+        self.lists[tier][key] = None
+
+    def on_hit(self, key, tier, pos, parent):
+        self.lists[tier].move_to_end(key)
+        return 0 if self.promote_on_hit else tier
+
+    def on_move(self, key, src, dst):
+        del self.lists[src][key]
+        self.lists[dst][key] = None
+
+    def on_remove(self, key, tier):
+        del self.lists[tier][key]
+
+    def victim(self, tier):
+        pinned = self.view.is_pinned
+        for key in self.lists[tier]:
+            if not pinned(key):
+                return key
+        raise LookupError(f"tier {tier}: every block is pinned")
