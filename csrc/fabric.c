@@ -315,7 +315,9 @@ int cxl_fabric_closed_loop(cxl_fabric *f, int32_t read_route, int32_t write_rout
                                     "delay >= 0");
     issue_slot *heap = malloc((size_t)threads * sizeof *heap);
     if (!heap) return cxl_fail(CXL_ENOMEM, "closed_loop: out of memory");
-    for (int32_t k = 0; k < threads; k++) heap[k] = (issue_slot){0.0, k};
+    /* stagger the first issues over one delay period so the issuers do not move in lockstep
+     * (ascending start times already form a valid heap) */
+    for (int32_t k = 0; k < threads; k++) heap[k] = (issue_slot){delay_ns * k / threads, k};
     double lat_sum = 0, last_done = 0;
     int st = CXL_OK;
     for (int64_t i = 0; i < n_accesses; i++) {
@@ -333,7 +335,9 @@ int cxl_fabric_closed_loop(cxl_fabric *f, int32_t read_route, int32_t write_rout
     free(heap);
     if (st) return st;
     *mean_latency_ns = lat_sum / (double)n_accesses;
-    *bandwidth_gbps = last_done > 0 ? (double)access_bytes * (double)n_accesses / last_done : 0;
+    /* bandwidth over the steady window: from the last staggered start to the last completion */
+    double t0 = delay_ns * (threads - 1) / threads;
+    *bandwidth_gbps = last_done > t0 ? (double)access_bytes * (double)n_accesses / (last_done - t0) : 0;
     return CXL_OK;
 }
 

@@ -4,7 +4,9 @@ Resources: one per memory (its media, shared by reads and writes, writes slowed 
 bandwidth ratio) and one per direction of every link (links are full duplex). A route between
 two endpoints (hosts, memories or interleave sets) is the lowest-latency path through switches;
 a path may pass through a host only where that host is an end of the transfer or the host a
-memory hangs off (accelerator HBM, local DRAM), never through a third host.
+memory hangs off (accelerator HBM, local DRAM). When a transfer involves several hosts (host0
+reading host1's DRAM) they must be joined by a direct link, as sockets of one machine are: a CXL
+switch gives no host access to another host's private memory, so such pairs are Unreachable.
 
 Times are virtual ns, sizes bytes, bandwidths GB/s (= bytes/ns). See docs/model.md.
 """
@@ -18,6 +20,10 @@ import numpy as np
 from . import _core
 from ._core import ffi, lib
 from .errors import ConfigError
+
+
+class Unreachable(ConfigError):
+    """No route joins the two endpoints (e.g. another host's private DRAM across a switch)."""
 from .topology import Interleave, Memory, Topology
 
 
@@ -63,6 +69,8 @@ class Fabric:
                 self._adj[a].append((b, link.latency_ns))
                 if a in host_names and b in self._homes:
                     self._homes[b].add(a)
+        # only a memory private to one host has a home; a multi-headed device belongs to none
+        self._homes = {m: hs if len(hs) == 1 else set() for m, hs in self._homes.items()}
 
     def _add_resource(self, name: str, bw: float, queue_ns: float, pj: float) -> int:
         out = ffi.new("int32_t *")
@@ -75,7 +83,12 @@ class Fabric:
     def _path(self, src: str, dst: str) -> _Path:
         """Lowest-latency node path from src to dst (Dijkstra; ties broken by name order)."""
         hosts = {h.name for h in self.topology.hosts}
-        allowed_hosts = {src, dst} | self._homes.get(src, set()) | self._homes.get(dst, set())
+        allowed_hosts = ({src, dst} & hosts) | self._homes.get(src, set()) | self._homes.get(dst, set())
+        for a in allowed_hosts:
+            for b in allowed_hosts:
+                if a < b and not any(n == b for n, _ in self._adj[a]):
+                    raise Unreachable(f"{self.topology.origin}: {src!r} and {dst!r} are not joined: "
+                                      f"hosts {a!r} and {b!r} share no direct link")
         best = {src: 0.0}
         prev: dict[str, str] = {}
         heap = [(0.0, src)]
@@ -93,7 +106,7 @@ class Fabric:
                     best[nxt], prev[nxt] = nd, node
                     heapq.heappush(heap, (nd, nxt))
         if dst not in best:
-            raise ConfigError(f"{self.topology.origin}: no path from {src!r} to {dst!r}")
+            raise Unreachable(f"{self.topology.origin}: no path from {src!r} to {dst!r}")
         hops, node = [], dst
         while node != src:
             hops.append((prev[node], node))

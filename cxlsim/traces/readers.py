@@ -286,12 +286,15 @@ def trace_arrays(requests: Iterable[Request] | PathLike) -> dict[str, np.ndarray
 
     Returns arrival_ms (float64), input_tokens, output_tokens (int64),
     block_offsets (int64, n+1 CSR offsets) and block_keys (uint64, flat):
-    request i's keys are block_keys[block_offsets[i]:block_offsets[i+1]].
+    request i's keys are block_keys[block_offsets[i]:block_offsets[i+1]]; and block_tokens (int,
+    tokens per block, 512 when the trace has no requests).
     """
     if isinstance(requests, (str, os.PathLike)):
         requests = open_trace(requests)
     arrival, n_in, n_out, keys = [], [], [], []
+    block_tokens = 512
     for r in requests:
+        block_tokens = r.block_tokens
         arrival.append(r.arrival_ms)
         n_in.append(r.input_tokens)
         n_out.append(r.output_tokens)
@@ -305,4 +308,5 @@ def trace_arrays(requests: Iterable[Request] | PathLike) -> dict[str, np.ndarray
         "output_tokens": np.array(n_out, dtype=np.int64),
         "block_offsets": offsets,
         "block_keys": flat,
+        "block_tokens": block_tokens,
     }

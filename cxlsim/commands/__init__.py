@@ -1,0 +1,1 @@
+"""One module per `cxlsim` subcommand (see cxlsim/cli.py)."""

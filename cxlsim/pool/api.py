@@ -1,0 +1,81 @@
+"""The shared-pool contract: what a host sees of a CXL memory pool that several hosts share.
+
+Two implementations keep it: `cxlsim.pool.local.LocalPool` (in-process) and
+`cxlsim.pool.client.PoolClient` (a ZeroMQ client of `cxlsim pool serve`). Engines hold a `Pool`
+and never know which one they have; the tests prove both give identical answers.
+
+Two ways to use a pool:
+
+* The data path (immediate): attach / put / get / lookup / free / share / pin / unpin / stats /
+  detach. Real bytes, capacity enforced in bytes, per-host quotas, isolation (a host sees its own
+  private blocks and blocks shared with it, nothing else).
+
+* The replay path (deterministic virtual time): hosts advance in quanta of `quantum_ns`. During
+  quantum k a host reads a local mirror of the pool's key set (as of the end of quantum k-1) and
+  buffers what it does to the pool as `PoolOp`s. At the barrier, `exchange(host, k, ops)` hands
+  them over; the pool applies the ops of ALL hosts for quantum k in (t_ns, host, seq) order and
+  returns the same `PoolDelta` to every host, which updates its mirror. Because the order of
+  application never depends on which host reached the barrier first, N hosts in one process and
+  N host processes against a server give the same result, bit for bit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+#: op kinds a host may buffer during a quantum
+OP_PUT = "put"        # write a block into the pool (owner = host); key, nbytes, shared
+OP_TOUCH = "touch"    # a host read the block (recency for the pool's eviction, coherence read)
+OP_FREE = "free"      # the host no longer needs its private block / its reference to a shared one
+OP_KINDS = (OP_PUT, OP_TOUCH, OP_FREE)
+
+
+@dataclass(frozen=True, order=True)
+class PoolOp:
+    """One buffered pool operation. Sort order = application order: (t_ns, host, seq)."""
+    t_ns: float
+    host: int
+    seq: int
+    kind: str = field(compare=False)
+    key: int = field(compare=False)
+    nbytes: int = field(compare=False, default=0)
+    shared: bool = field(compare=False, default=True)
+
+
+@dataclass(frozen=True)
+class PoolDelta:
+    """What changed in the pool during one quantum, identical for every host."""
+    quantum: int
+    added: tuple[int, ...]       # keys now readable by every host (shared blocks put this quantum)
+    removed: tuple[int, ...]     # keys evicted or freed this quantum
+    rejected: tuple[tuple[int, int, str], ...] = ()  # (host, seq, reason) for ops not applied
+    used_bytes: int = 0
+    capacity_bytes: int = 0
+
+
+@runtime_checkable
+class Pool(Protocol):
+    """A shared CXL pool as one host uses it. Host ids are small ints (0..63)."""
+
+    quantum_ns: float
+
+    # ---- membership
+    def attach(self, host: int, quota_bytes: int) -> None: ...
+    def resize(self, host: int, quota_bytes: int) -> None: ...   # dynamic capacity, in extents
+    def detach(self, host: int) -> None: ...
+    def heartbeat(self, host: int) -> None: ...
+
+    # ---- data path
+    def put(self, host: int, key: int, data: bytes | np.ndarray, shared: bool = False) -> None: ...
+    def get(self, host: int, key: int) -> bytes: ...
+    def free(self, host: int, key: int) -> None: ...
+    def share(self, host: int, key: int) -> None: ...
+    def lookup(self, host: int, keys: list[int]) -> int: ...     # leading keys readable by host
+    def pin(self, host: int, keys: list[int]) -> None: ...
+    def unpin(self, host: int, keys: list[int]) -> None: ...
+    def stats(self) -> dict: ...
+
+    # ---- replay path
+    def exchange(self, host: int, quantum: int, ops: list[PoolOp]) -> PoolDelta: ...
