@@ -193,11 +193,13 @@ static double utilization(resource *r, double t, double window_ns)
     return u > UTIL_CAP ? UTIL_CAP : u;
 }
 
-static double route_latency(const route *rt, const uint64_t *wb)
+static double route_latency(const route *rt, const uint64_t *wb, uint64_t addr)
 {
-    double lat = 0;
+    double lat = -1;
     for (int32_t w = 0; w < rt->n_ways; w++)
         if (wb[w] && rt->way_latency[w] > lat) lat = rt->way_latency[w];
+    if (lat < 0)   /* a zero-byte access still travels to the way its address falls in */
+        lat = rt->way_latency[rt->n_ways > 1 ? (addr / rt->granularity) % rt->n_ways : 0];
     return rt->base_latency + lat;
 }
 
@@ -233,7 +235,7 @@ static int transfer_one(cxl_fabric *f, int32_t route_id, uint64_t addr, uint64_t
         r->st.transfers++;
         pj += e_pj;
     }
-    *done = end + route_latency(rt, wb) + extra;
+    *done = end + route_latency(rt, wb, addr) + extra;
     if (energy) *energy = pj;
     return CXL_OK;
 }
@@ -276,7 +278,7 @@ int cxl_fabric_idle_latency(cxl_fabric *f, int32_t route_id, uint64_t addr, uint
         double s = (b && r->bytes_per_ns > 0) ? (double)b * e->slowdown / r->bytes_per_ns : 0;
         if (s > serv) serv = s;
     }
-    *out_ns = route_latency(rt, f->way_bytes) + serv;
+    *out_ns = route_latency(rt, f->way_bytes, addr) + serv;
     return CXL_OK;
 }
 
@@ -318,7 +320,10 @@ int cxl_fabric_closed_loop(cxl_fabric *f, int32_t read_route, int32_t write_rout
     /* stagger the first issues over one delay period so the issuers do not move in lockstep
      * (ascending start times already form a valid heap) */
     for (int32_t k = 0; k < threads; k++) heap[k] = (issue_slot){delay_ns * k / threads, k};
-    double lat_sum = 0, last_done = 0;
+    /* bandwidth is measured once every issuer is running: bytes of accesses issued from t0 on,
+     * over [t0, last completion] */
+    double t0 = delay_ns * (threads - 1) / threads;
+    double lat_sum = 0, last_done = 0, steady_bytes = 0;
     int st = CXL_OK;
     for (int64_t i = 0; i < n_accesses; i++) {
         /* deterministic read/write mix: access i reads when floor((i+1)R) steps past floor(iR) */
@@ -329,15 +334,14 @@ int cxl_fabric_closed_loop(cxl_fabric *f, int32_t read_route, int32_t write_rout
         if (st) break;
         lat_sum += done - t;
         if (done > last_done) last_done = done;
+        if (t >= t0) steady_bytes += (double)access_bytes;
         heap[0].t = done + delay_ns;
         heap_down(heap, threads, 0);
     }
     free(heap);
     if (st) return st;
     *mean_latency_ns = lat_sum / (double)n_accesses;
-    /* bandwidth over the steady window: from the last staggered start to the last completion */
-    double t0 = delay_ns * (threads - 1) / threads;
-    *bandwidth_gbps = last_done > t0 ? (double)access_bytes * (double)n_accesses / (last_done - t0) : 0;
+    *bandwidth_gbps = last_done > t0 ? steady_bytes / (last_done - t0) : 0;
     return CXL_OK;
 }
 

@@ -1,9 +1,10 @@
 """Coherence directory for blocks several hosts share (CXL 3.x back-invalidation).
 
-Costs come from the fabric: back-invalidating host h's copy takes the round trip between the
-memory device and h (links and switches) plus an assumed fixed handling time; a read of a block
-another host modified waits for the same round trip to the modifier, the same handling time, and
-one more one-way trip for the modifier's write-back to reach the device. Nothing measured is public for either handling time: both are explicit
+Costs come from the fabric. A link's or switch's latency in a topology is what a load crossing it
+adds, request and response together, so the device<->host path latency is already a round trip.
+Back-invalidating host h's copy takes that round trip plus an assumed fixed handling time; a read
+of a block another host modified waits for the round trip to the modifier, the same handling time,
+and one more one-way trip (half the round trip) for its write-back to reach the device. Nothing measured is public for either handling time: both are explicit
 assumptions (docs/model.md) and reported as such.
 """
 from __future__ import annotations
@@ -40,9 +41,9 @@ class Coherence:
             i.name for i in fabric.topology.interleaves} else memory
         bi, snoop = [], []
         for host in self.hosts:
-            one_way = fabric.path_latency_ns(device, host)
-            bi.append(2 * one_way + bi_handling_ns)
-            snoop.append(3 * one_way + bi_handling_ns)
+            round_trip = fabric.path_latency_ns(device, host)
+            bi.append(round_trip + bi_handling_ns)
+            snoop.append(1.5 * round_trip + bi_handling_ns)
         self.bi_ns, self.snoop_ns = bi, snoop
         self._h = _core.new_handle(lib.cxl_coh_new, lib.cxl_coh_free, len(self.hosts),
                                    ffi.new("double[]", bi), ffi.new("double[]", snoop))

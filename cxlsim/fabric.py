@@ -176,7 +176,8 @@ class Fabric:
         return list(self._route_info[(src, dst)]["resources"])
 
     def path_latency_ns(self, a: str, b: str) -> float:
-        """One-way link + switch latency between two nodes (no media latency)."""
+        """Link + switch latency between two nodes, no media: what a load adds crossing them
+        (request and response together, as topology latencies are calibrated)."""
         return self._path(a, b).latency_ns
 
     # ------------------------------------------------------------------ timing

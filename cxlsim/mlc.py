@@ -38,9 +38,12 @@ def loaded_curve(fabric: Fabric, host: str, memory: str, read_ratio: float = 1.0
     if points < 2:
         raise ValueError(f"--points must be at least 2, got {points}")
     idle = fabric.idle_latency(memory, host, ACCESS_BYTES)
-    # enough issuers to saturate: twice the accesses in flight at an upper bound on bandwidth
+    # enough issuers to saturate (Little's law) even at the highest loaded latency the model can
+    # give: the idle latency plus 19 x queue_ns (u capped at 0.95) of every memory and link
     upper_gbps = max(m.bandwidth_gbps for m in fabric.topology.memories)
-    threads = max(16, math.ceil(2 * upper_gbps * idle / ACCESS_BYTES))
+    worst = idle + 19 * (sum(m.queue_ns for m in fabric.topology.memories)
+                         + sum(link.queue_ns for link in fabric.topology.links))
+    threads = max(16, math.ceil(1.2 * upper_gbps * worst / ACCESS_BYTES))
     _, peak = fabric.closed_loop(host, memory, read_ratio, threads, 0.0, ACCESS_BYTES, accesses)
     curve = []
     for i in range(points):

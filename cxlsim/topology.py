@@ -96,13 +96,11 @@ class Topology:
         return [n.name for n in (*self.hosts, *self.memories, *self.interleaves)]
 
     def assumptions(self) -> list[str]:
-        """Human-readable list of parameters that are assumptions rather than measurements."""
-        out = []
-        for kind, items in (("memory", self.memories), ("switch", self.switches)):
-            for item in items:
-                out += [f"{kind} {item.name}: {p}" for p in item.assumptions]
-        for link in self.links:
-            out += [f"link {link.a}-{link.b}: {p}" for p in link.assumptions]
+        """One line per element whose parameters are assumptions rather than measurements."""
+        out = [f"{item.name}: {', '.join(item.assumptions)}"
+               for item in (*self.memories, *self.switches) if item.assumptions]
+        out += [f"link {link.a}-{link.b}: {', '.join(link.assumptions)}"
+                for link in self.links if link.assumptions]
         return out
 
     def with_memory(self, memory: Memory, link: Link) -> "Topology":

@@ -55,5 +55,7 @@ def run(args) -> int:
             print(f"{host:10}{cells}")
         print("(- : no route; another host's private memory is not reachable through CXL)")
     if assumptions:
-        print("Assumed, not measured: " + "; ".join(assumptions))
+        print("Assumed, not measured (sources in docs/calibration.md):")
+        for line in assumptions:
+            print(f"  {line}")
     return 0
