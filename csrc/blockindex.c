@@ -686,6 +686,37 @@ int cxl_index_remove_from(cxl_index *x, uint64_t key, int32_t ti)
     return CXL_OK;
 }
 
+int cxl_index_apply(cxl_index *x, const uint8_t *op, const uint64_t *keys, const int32_t *tier,
+                    const uint32_t *bytes, int64_t n, int64_t *failed_at)
+{
+    if (!x || !failed_at || n < 0 || (n && (!op || !keys || !tier || !bytes)))
+        return cxl_fail(CXL_EINVAL, "index: NULL array");
+    *failed_at = -1;
+    for (int64_t i = 0; i < n; i++) {
+        int st;
+        switch (op[i]) {
+        case CXL_OP_TOUCH: st = cxl_index_touch(x, keys[i]); break;
+        case CXL_OP_INSERT: st = cxl_index_insert(x, keys[i], tier[i], bytes[i], -1); break;
+        case CXL_OP_REMOVE: st = cxl_index_remove_from(x, keys[i], tier[i]); break;
+        case CXL_OP_MOVE: st = cxl_index_move(x, keys[i], tier[i]); break;
+        default: st = cxl_fail(CXL_EINVAL, "index: unknown operation %u", op[i]);
+        }
+        if (st) {
+            *failed_at = i;
+            return st;
+        }
+    }
+    return CXL_OK;
+}
+
+void cxl_index_usage(cxl_index *x, uint64_t *used_bytes, int64_t *blocks)
+{
+    for (int32_t i = 0; x && i < x->n_tiers; i++) {
+        used_bytes[i] = x->tiers[i].used_bytes;
+        blocks[i] = x->tiers[i].blocks;
+    }
+}
+
 int cxl_index_lookup_batch(cxl_index *x, const uint64_t *keys, int32_t *tiers, int64_t n)
 {
     if (!x || n < 0 || (n && (!keys || !tiers))) return cxl_fail(CXL_EINVAL, "index: NULL array");

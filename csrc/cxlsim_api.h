@@ -171,6 +171,14 @@ int cxl_index_touch(cxl_index *x, uint64_t key);
 int cxl_index_pin(cxl_index *x, uint64_t key);
 int cxl_index_unpin(cxl_index *x, uint64_t key);
 int cxl_index_set_sharers(cxl_index *x, uint64_t key, uint64_t sharers);
+/* Queued operations applied in order, for engines that batch their changes: TOUCH (a hit),
+ * INSERT (key into tier with bytes), REMOVE (key, which must be unpinned in tier), MOVE (key to
+ * tier, which must have room). Stops at the first failure: *failed_at is its index, or -1. */
+enum { CXL_OP_TOUCH = 0, CXL_OP_INSERT = 1, CXL_OP_REMOVE = 2, CXL_OP_MOVE = 3 };
+int cxl_index_apply(cxl_index *x, const uint8_t *op, const uint64_t *keys, const int32_t *tier,
+                    const uint32_t *bytes, int64_t n, int64_t *failed_at);
+/* Bytes used and blocks held per tier (arrays of n_tiers). */
+void cxl_index_usage(cxl_index *x, uint64_t *used_bytes, int64_t *blocks);
 /* Would `bytes` more fit in the tier without evicting? */
 int cxl_index_fits(cxl_index *x, int32_t tier, uint32_t bytes, int32_t *out);
 /* The tier's ordering picks its next victim (pinned blocks are skipped) and the block leaves the

@@ -79,17 +79,14 @@ def parse_tiers(text: str | None) -> list[tuple[str, int]]:
 def _run_python(policy: Policy, index: BlockIndex, keys: np.ndarray, offsets: np.ndarray,
                 progress) -> np.ndarray:
     store = KVStore(index, policy)
-    access = store.access
     out = np.empty(len(keys), np.int8)
-    key_list = keys.tolist()
     for r in range(len(offsets) - 1):
-        parent = None
-        for i in range(offsets[r], offsets[r + 1]):
-            key = key_list[i]
-            out[i] = access(key, 1, i - offsets[r], parent)
-            parent = key
+        lo, hi = offsets[r], offsets[r + 1]
+        if hi > lo:
+            store.access_many(keys[lo:hi], 1, out[lo:hi])
         if progress is not None:
-            progress.update(int(offsets[r + 1] - offsets[r]))
+            progress.update(int(hi - lo))
+    store.flush()
     return out
 
 

@@ -220,8 +220,22 @@ class IndexView:
         """True while a running request holds the block (it must not be chosen as a victim)."""
         return key in self._pins
 
+    @property
+    def pinned(self):
+        """Read-only mapping of pinned keys (for `key in view.pinned` in tight victim loops)."""
+        return self._pins
+
     def fits(self, tier: int, nbytes: int) -> bool:
         return bool(lib.cxl_index_fits_now(self._h, tier, nbytes))
+
+    def bytes_of(self, key: int) -> int:
+        """Size of a resident block (-1 if absent)."""
+        return lib.cxl_index_bytes_of(self._h, key)
+
+    def usage(self, tier: int) -> tuple[int, int]:
+        """(bytes used, blocks held) in the tier."""
+        stats = self._index.tier_stats(tier)
+        return stats.used_bytes, stats.blocks
 
     def info(self, key: int) -> BlockInfo:
         return self._index.info(key)

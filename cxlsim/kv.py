@@ -5,20 +5,64 @@ policy that names a tier out of range, or a victim that is pinned or not in the 
 PolicyError naming the policy. Data movements (promotions, demotions, drops) are recorded when
 asked, so a serving engine can charge them on the fabric.
 
-The per-block path calls the C index directly (one cffi crossing per step): it is the loop that
-pure-Python policies are measured by.
+Why a mirror: a C call costs about as much as a whole Python policy decision, so the engine does
+not call C per block. It keeps `_where` (key -> (tier, bytes) of every resident block) and the
+tiers' usage in Python, queues its changes (touch, insert, remove, move) and applies them in one
+`cxl_index_apply` call per few thousand operations. The C index stays the authority: it is exact
+after every `flush()`, and it rejects any queued change that disagrees with its state (which can
+only happen if something changed the index behind this engine's back), so the mirror cannot drift
+silently. Built-in policies skip all of this: they run whole streams in C (access_batch).
 """
 from __future__ import annotations
 
+import numpy as np
+
 from . import _core
-from ._core import lib
+from ._core import ffi, lib
 from .errors import CxlsimError
-from .index import BlockIndex
+from .index import BlockIndex, BlockInfo, IndexView, TierStats
 from .policies.base import Policy
+
+TOUCH, INSERT, REMOVE, MOVE = lib.CXL_OP_TOUCH, lib.CXL_OP_INSERT, lib.CXL_OP_REMOVE, lib.CXL_OP_MOVE
+FLUSH_EVERY = 4096
+_OP_DTYPE = np.dtype([("op", np.uint8), ("key", np.uint64), ("tier", np.int32), ("bytes", np.uint32)])
+_GONE = (-1, 0)   # what _where.get returns for an absent key
 
 
 class PolicyError(CxlsimError, RuntimeError):
     """A policy returned a decision the engine cannot apply."""
+
+
+class StoreView(IndexView):
+    """The read-only view a policy gets from a KVStore: current even between flushes."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: "KVStore"):
+        super().__init__(store.index)
+        self._store = store
+
+    def tier_of(self, key: int) -> int:
+        return self._store._where.get(key, _GONE)[0]
+
+    def fits(self, tier: int, nbytes: int) -> bool:
+        return self._store.fits(tier, nbytes)
+
+    def bytes_of(self, key: int) -> int:
+        """Size of a resident block (-1 if absent)."""
+        return self._store.bytes_of(key)
+
+    def usage(self, tier: int) -> tuple[int, int]:
+        """(bytes used, blocks held) in the tier."""
+        return self._store._used[tier], self._store._blocks[tier]
+
+    def info(self, key: int) -> BlockInfo:
+        self._store.flush()
+        return super().info(key)
+
+    def tier_stats(self, tier) -> TierStats:
+        self._store.flush()
+        return super().tier_stats(tier)
 
 
 class KVStore:
@@ -32,9 +76,65 @@ class KVStore:
         self.moves: list[tuple[int, int, int, int]] = []   # (key, src tier, dst tier, bytes)
         self.drops: list[tuple[int, int, int]] = []        # (key, tier, bytes)
         self._h = index._h
+        self._pins = index.pins
         self._caps = [(t.capacity_bytes, t.capacity_blocks) for t in index.tiers]
-        policy.attach(index.view)
+        self._ops: list[tuple[int, int, int, int]] = []    # (op, key, tier, bytes)
+        self._load_mirror()
+        self.view = StoreView(self)
+        policy.attach(self.view)
 
+    # ------------------------------------------------------------------ state reads
+    def _load_mirror(self) -> None:
+        """Read residency and usage from the C index (at start, and after a failed flush)."""
+        self._where: dict[int, tuple[int, int]] = {}
+        for tier in range(self.n_tiers):
+            for key in self.index.tier_keys(tier).tolist():
+                self._where[key] = (tier, lib.cxl_index_bytes_of(self._h, key))
+        used = ffi.new("uint64_t[]", self.n_tiers)
+        blocks = ffi.new("int64_t[]", self.n_tiers)
+        lib.cxl_index_usage(self._h, used, blocks)
+        self._used, self._blocks = list(used), list(blocks)
+
+    def tier_of(self, key: int) -> int:
+        return self._where.get(key, _GONE)[0]
+
+    def bytes_of(self, key: int) -> int:
+        entry = self._where.get(key)
+        return entry[1] if entry is not None else -1
+
+    def fits(self, tier: int, nbytes: int) -> bool:
+        cap_bytes, cap_blocks = self._caps[tier]
+        return ((not cap_bytes or self._used[tier] + nbytes <= cap_bytes)
+                and (cap_blocks < 0 or self._blocks[tier] < cap_blocks))
+
+    # ------------------------------------------------------------------ queued changes
+    def flush(self) -> None:
+        """Apply queued changes to the C index; afterwards it is exact."""
+        ops = self._ops
+        if not ops:
+            return
+        self._ops = []
+        table = np.array(ops, dtype=_OP_DTYPE)            # one conversion for all four columns
+        codes, keys, tiers, sizes = (np.ascontiguousarray(table[f]) for f in _OP_DTYPE.names)
+        failed = ffi.new("int64_t *")
+        status = lib.cxl_index_apply(self._h, _core.ptr(codes, "uint8_t"), _core.ptr(keys, "uint64_t"),
+                                     _core.ptr(tiers, "int32_t"), _core.ptr(sizes, "uint32_t"),
+                                     len(ops), failed)
+        if status:
+            self._load_mirror()
+            raise CxlsimError(f"the block index changed behind this KVStore: queued change "
+                              f"{failed[0]} of {len(ops)} failed: "
+                              f"{ffi.string(lib.cxl_last_error()).decode()}")
+
+    def pin(self, key: int) -> None:
+        self.flush()
+        self.index.pin(key)
+
+    def unpin(self, key: int) -> None:
+        self.flush()
+        self.index.unpin(key)
+
+    # ------------------------------------------------------------------ decisions
     def _tier(self, tier, what: str) -> int:
         if type(tier) is not int or not 0 <= tier < self.n_tiers:
             raise PolicyError(f"policy {self.policy.name!r}: {what} returned tier {tier!r}; "
@@ -44,9 +144,57 @@ class KVStore:
     def access(self, key: int, nbytes: int, pos: int = 0, parent: int | None = None) -> int:
         """One block access: the tier that hit, or -1 for a miss (the block is then inserted
         where the policy places it, unless no room can be made there)."""
+        if len(self._ops) >= FLUSH_EVERY:
+            self.flush()
+        return self._access(key, self._where.get(key, _GONE)[0], nbytes, pos, parent)
+
+    def access_many(self, keys: np.ndarray, nbytes: int, out: np.ndarray) -> None:
+        """Access a request's blocks in order (pos 0.., parent = previous key); out[i] gets the
+        hit tier or -1. Same decisions as calling access() per block, with the common steps
+        written out inline: this loop is what pure-Python policies are measured by."""
+        if len(self._ops) >= FLUSH_EVERY:
+            self.flush()
+        where, ops_append = self._where, self._ops.append
         policy = self.policy
-        tier = lib.cxl_index_hit(self._h, key)
+        on_hit, place, on_insert = policy.on_hit, policy.place, policy.on_insert
+        # the base class always places in tier 0: skip the call when a policy keeps it
+        default_place = type(policy).place is Policy.place
+        n_tiers, used, blocks, caps = self.n_tiers, self._used, self._blocks, self._caps
+        parent = None
+        result = []
+        for pos, key in enumerate(keys.tolist()):
+            entry = where.get(key)
+            if entry is not None:                                   # hit
+                tier = entry[0]
+                ops_append((TOUCH, key, tier, 0))
+                dest = on_hit(key, tier, pos, parent)
+                if dest != tier:
+                    self.relocate(key, tier, self._tier(dest, "on_hit"))
+                result.append(tier)
+            else:                                                   # miss
+                if default_place:
+                    dest = 0
+                else:
+                    dest = place(key, nbytes, pos, parent)
+                    if type(dest) is not int or not 0 <= dest < n_tiers:
+                        self._tier(dest, "place")
+                cap_bytes, cap_blocks = caps[dest]
+                if (((not cap_bytes or used[dest] + nbytes <= cap_bytes)
+                        and (cap_blocks < 0 or blocks[dest] < cap_blocks))
+                        or self.make_room(dest, nbytes)):
+                    ops_append((INSERT, key, dest, nbytes))
+                    where[key] = (dest, nbytes)
+                    used[dest] += nbytes
+                    blocks[dest] += 1
+                    on_insert(key, dest, pos, parent)
+                result.append(-1)
+            parent = key
+        out[:] = result
+
+    def _access(self, key: int, tier: int, nbytes: int, pos: int, parent) -> int:
+        policy = self.policy
         if tier >= 0:
+            self._ops.append((TOUCH, key, tier, 0))
             dest = policy.on_hit(key, tier, pos, parent)
             if dest != tier:
                 self.relocate(key, tier, self._tier(dest, "on_hit"))
@@ -55,22 +203,33 @@ class KVStore:
         if type(dest) is not int or not 0 <= dest < self.n_tiers:
             self._tier(dest, "place")
         if self.make_room(dest, nbytes):
-            lib.cxl_index_insert(self._h, key, dest, nbytes, -1)
+            self._ops.append((INSERT, key, dest, nbytes))
+            self._where[key] = (dest, nbytes)
+            self._used[dest] += nbytes
+            self._blocks[dest] += 1
             policy.on_insert(key, dest, pos, parent)
         return -1
 
     def relocate(self, key: int, src: int, dst: int) -> bool:
         """Move a resident block, making room at dst while the block is held where it is."""
-        h, index = self._h, self.index
-        nbytes = lib.cxl_index_bytes_of(h, key)
-        index.pin(key)          # not a candidate while room is made
+        nbytes = self.bytes_of(key)
+        pins = self._pins
+        pins[key] = pins.get(key, 0) + 1     # held: policies must not pick it while room is made
         try:
             ok = self.make_room(dst, nbytes)
         finally:
-            index.unpin(key)
+            if pins[key] == 1:
+                del pins[key]
+            else:
+                pins[key] -= 1
         if not ok:
             return False
-        _core.check(lib.cxl_index_move(h, key, dst))
+        self._ops.append((MOVE, key, dst, 0))
+        self._where[key] = (dst, nbytes)
+        self._used[src] -= nbytes
+        self._blocks[src] -= 1
+        self._used[dst] += nbytes
+        self._blocks[dst] += 1
         if self.record_moves:
             self.moves.append((key, src, dst, nbytes))
         self.policy.on_move(key, src, dst)
@@ -78,33 +237,36 @@ class KVStore:
 
     def make_room(self, tier: int, nbytes: int) -> bool:
         """Evict from `tier` until nbytes fit; False if the policy cannot free enough."""
-        h, policy = self._h, self.policy
-        fits = lib.cxl_index_fits_now
-        if fits(h, tier, nbytes):
-            return True
         cap_bytes, cap_blocks = self._caps[tier]
+        used, blocks = self._used, self._blocks
+        if ((not cap_bytes or used[tier] + nbytes <= cap_bytes)
+                and (cap_blocks < 0 or blocks[tier] < cap_blocks)):
+            return True
         if (cap_bytes and nbytes > cap_bytes) or cap_blocks == 0:
             return False
-        while not fits(h, tier, nbytes):
+        policy, pins, where, ops = self.policy, self._pins, self._where, self._ops
+        can_demote = self.n_tiers > 1          # with one tier a victim can only leave
+        while not ((not cap_bytes or used[tier] + nbytes <= cap_bytes)
+                   and (cap_blocks < 0 or blocks[tier] < cap_blocks)):
             try:
                 victim = policy.victim(tier)
             except LookupError:
                 return False   # everything pinned
-            dest = policy.demote_to(victim, tier)
-            if dest is not None:
-                if lib.cxl_index_tier_of(h, victim) != tier or victim in self.index.pins:
-                    self._bad_victim(victim, tier)
-                if self.relocate(victim, tier, self._tier(dest, "demote_to")):
+            entry = where.get(victim)
+            if victim in pins or entry is None or entry[0] != tier:
+                state = "pinned" if victim in pins else "not in that tier"
+                raise PolicyError(f"policy {policy.name!r}: victim({tier}) returned block "
+                                  f"{victim}, which is {state}")
+            if can_demote:
+                dest = policy.demote_to(victim, tier)
+                if dest is not None and self.relocate(victim, tier, self._tier(dest, "demote_to")):
                     continue
-            vbytes = lib.cxl_index_bytes_of(h, victim) if self.record_moves else 0
-            if lib.cxl_index_remove_from(h, victim, tier):
-                self._bad_victim(victim, tier)
+            vbytes = entry[1]
+            ops.append((REMOVE, victim, tier, 0))
+            del where[victim]
+            used[tier] -= vbytes
+            blocks[tier] -= 1
             if self.record_moves:
                 self.drops.append((victim, tier, vbytes))
             policy.on_remove(victim, tier)
         return True
-
-    def _bad_victim(self, victim: int, tier: int):
-        state = "pinned" if victim in self.index.pins else "not in that tier"
-        raise PolicyError(f"policy {self.policy.name!r}: victim({tier}) returned block "
-                          f"{victim}, which is {state}")

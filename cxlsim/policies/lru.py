@@ -30,8 +30,8 @@ class LRU(Policy):
         del self.lists[tier][key]
 
     def victim(self, tier):
-        pinned = self.view.is_pinned
+        pinned = self.view.pinned
         for key in self.lists[tier]:
-            if not pinned(key):
+            if key not in pinned:
                 return key
         raise LookupError(f"tier {tier}: every block is pinned")

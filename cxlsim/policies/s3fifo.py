@@ -24,7 +24,7 @@ class S3FIFO(Policy):
         self.caps = [view.tier_stats(t) for t in range(n)]
 
     def _size(self, key):
-        return self.view.info(key).bytes
+        return self.view.bytes_of(key)
 
     def _enter(self, key, tier, to_main):
         self.freq[key] = 0
@@ -60,7 +60,7 @@ class S3FIFO(Policy):
         self._leave(key, tier)
         ghost = self.ghost[tier]
         ghost[key] = None
-        limit = max(self.view.tier_stats(tier).blocks, 1)
+        limit = max(self.view.usage(tier)[1], 1)
         while len(ghost) > limit:
             ghost.popitem(last=False)
 
@@ -79,7 +79,7 @@ class S3FIFO(Policy):
                 key = next(iter(small))
                 if self.freq[key] > 1 or pinned(key):
                     self.small_bytes[tier] -= small.pop(key)   # reused while small: to main
-                    main[key] = self.view.info(key).bytes
+                    main[key] = self.view.bytes_of(key)
                     self.freq[key] = 0
                     continue
                 return key
