@@ -25,7 +25,8 @@ bench: $(STAMP)
 	-command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server) \
 		|| echo "redis-server not installable here: the Redis comparison will skip"
 	$(PY) -m pip install -q -e ".[bench]"
-	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest benches -q --benchmark-only --benchmark-columns=min,mean,ops,rounds
+	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest benches -q -s -o python_files="bench_*.py" -p no:cacheprovider \
+		--benchmark-only --benchmark-columns=min,mean,rounds --benchmark-json=.benchmarks/latest.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info cxlsim/_cxlsim_core*.so

@@ -537,14 +537,18 @@ static inline void prefetch_record(const cxl_index *x, uint64_t key)
     }
 }
 
-/* After an eviction from a list tier, start loading what the next one will touch: the new tail's
- * neighbour record and the new tail's key-table slot. */
+/* After an eviction from a list tier, start loading what the next evictions will touch, far
+ * enough ahead to hide a memory miss: the next victim's key slot, the slot of the one after it,
+ * and the record after that. Each step finds its records already loaded by earlier steps. */
 static inline void prefetch_next_victim(const cxl_index *x, const tier *t)
 {
     if ((t->ordering != CXL_ORD_LRU && t->ordering != CXL_ORD_FIFO) || t->main.tail == NIL) return;
-    const rec *r = R(x, t->main.tail);
-    if (r->prev != NIL) __builtin_prefetch(R(x, r->prev));
-    cxl_keytab_prefetch(&x->tab, r->key);
+    const rec *v1 = R(x, t->main.tail);
+    cxl_keytab_prefetch(&x->tab, v1->key);
+    if (v1->prev == NIL) return;
+    const rec *v2 = R(x, v1->prev);
+    cxl_keytab_prefetch(&x->tab, v2->key);
+    if (v2->prev != NIL) __builtin_prefetch(R(x, v2->prev));
 }
 
 /* ------------------------------------------------------------------ public API */

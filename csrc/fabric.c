@@ -15,6 +15,7 @@
 
 typedef struct {
     double bytes_per_ns;  /* <= 0: unlimited (never a bottleneck) */
+    double ns_per_byte;   /* 1 / bytes_per_ns, or 0 when unlimited: multiply, don't divide */
     double queue_ns;
     double pj_per_bit;
     int64_t window;       /* index of the current utilization window */
@@ -40,6 +41,7 @@ typedef struct {
 
 struct cxl_fabric {
     double window_ns;
+    double per_window;    /* 1 / window_ns */
     resource *res;
     int32_t n_res, cap_res;
     route *routes;
@@ -57,6 +59,7 @@ int cxl_fabric_new(double util_window_ns, cxl_fabric **out)
     cxl_fabric *f = calloc(1, sizeof *f);
     if (!f) return cxl_fail(CXL_ENOMEM, "fabric: out of memory");
     f->window_ns = util_window_ns;
+    f->per_window = 1.0 / util_window_ns;
     *out = f;
     return CXL_OK;
 }
@@ -99,7 +102,8 @@ int cxl_fabric_add_resource(cxl_fabric *f, double bytes_per_ns, double queue_ns,
     }
     resource *r = &f->res[f->n_res];
     memset(r, 0, sizeof *r);
-    r->bytes_per_ns = isfinite(bytes_per_ns) ? bytes_per_ns : 0;
+    r->bytes_per_ns = isfinite(bytes_per_ns) && bytes_per_ns > 0 ? bytes_per_ns : 0;
+    r->ns_per_byte = r->bytes_per_ns > 0 ? 1.0 / r->bytes_per_ns : 0;
     r->queue_ns = queue_ns;
     r->pj_per_bit = pj_per_bit;
     *out_id = f->n_res++;
@@ -181,15 +185,15 @@ static void deal_bytes(uint64_t addr, uint64_t bytes, uint64_t g, int32_t k, uin
     if (end > last_c * g) wb[last_c % k] += end - last_c * g;
 }
 
-static double utilization(resource *r, double t, double window_ns)
+static double utilization(resource *r, double t, double per_window)
 {
-    int64_t w = (int64_t)floor(t / window_ns);
+    int64_t w = (int64_t)(t * per_window);   /* t >= 0: truncation is floor */
     if (w > r->window) {
         r->prev_busy = (w == r->window + 1) ? r->window_busy : 0;
         r->window_busy = 0;
         r->window = w;
     }
-    double u = r->prev_busy / window_ns;
+    double u = r->prev_busy * per_window;
     return u > UTIL_CAP ? UTIL_CAP : u;
 }
 
@@ -221,10 +225,12 @@ static int transfer_one(cxl_fabric *f, int32_t route_id, uint64_t addr, uint64_t
         uint64_t b = e->way < 0 ? bytes : wb[e->way];
         if (!b) continue;
         resource *r = &f->res[e->res];
-        double serv = r->bytes_per_ns > 0 ? (double)b * e->slowdown / r->bytes_per_ns : 0;
-        double u = utilization(r, t, f->window_ns);
-        extra += r->queue_ns * u / (1 - u);
-        r->window_busy += serv;
+        double serv = (double)b * e->slowdown * r->ns_per_byte;
+        if (r->queue_ns > 0) {   /* only a queueing term needs the utilization windows */
+            double u = utilization(r, t, f->per_window);
+            extra += r->queue_ns * u / (1 - u);
+            r->window_busy += serv;
+        }
         double from = r->st.free_at_ns > t ? r->st.free_at_ns : t;
         r->st.free_at_ns = from + serv;
         if (r->st.free_at_ns > end) end = r->st.free_at_ns;
@@ -275,7 +281,7 @@ int cxl_fabric_idle_latency(cxl_fabric *f, int32_t route_id, uint64_t addr, uint
         const route_entry *e = &rt->entries[i];
         uint64_t b = e->way < 0 ? bytes : f->way_bytes[e->way];
         const resource *r = &f->res[e->res];
-        double s = (b && r->bytes_per_ns > 0) ? (double)b * e->slowdown / r->bytes_per_ns : 0;
+        double s = (double)b * e->slowdown * r->ns_per_byte;
         if (s > serv) serv = s;
     }
     *out_ns = route_latency(rt, f->way_bytes, addr) + serv;

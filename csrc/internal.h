@@ -7,6 +7,11 @@
  * `return cxl_fail(CXL_EINVAL, "...", ...);`. */
 int cxl_fail(int status, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Zeroed allocation for large, randomly probed arrays (the key table): 2 MiB aligned and advised
+ * for transparent huge pages, since random probes over many 4 KiB pages miss the TLB as often as
+ * the cache. Sizes at or above 2 MiB are rounded up to whole huge pages. Free with free(). */
+void *cxl_alloc_big(size_t bytes);
+
 static inline uint64_t cxl_mix64(uint64_t x)
 {
     /* splitmix64 finalizer: trace keys may be small consecutive integers */

@@ -9,7 +9,7 @@ int cxl_keytab_init(cxl_keytab *t, uint64_t min_entries)
 {
     uint64_t cap = 16;
     while (cap * 2 < min_entries * 3) cap <<= 1;
-    t->slots = calloc(cap, sizeof *t->slots);
+    t->slots = cxl_alloc_big(cap * sizeof *t->slots);
     if (!t->slots) return cxl_fail(CXL_ENOMEM, "keytab: cannot allocate %llu slots",
                                    (unsigned long long)cap);
     t->mask = cap - 1;
@@ -35,7 +35,7 @@ static int grow(cxl_keytab *t)
 {
     uint64_t old_cap = t->mask + 1;
     uint64_t *old = t->slots;
-    uint64_t *fresh = calloc(old_cap * 2, sizeof *fresh);
+    uint64_t *fresh = cxl_alloc_big(old_cap * 2 * sizeof *fresh);
     if (!fresh) return cxl_fail(CXL_ENOMEM, "keytab: cannot grow to %llu slots",
                                 (unsigned long long)(old_cap * 2));
     t->slots = fresh;
