@@ -175,3 +175,18 @@ def small_topology_links():
     return [{"ends": ["h0", "sw"], "bandwidth_gbps": 64, "latency_ns": 10},
             {"ends": ["sw", "m0"], "bandwidth_gbps": 32, "latency_ns": 10},
             {"ends": ["sw", "m1"], "bandwidth_gbps": 32, "latency_ns": 10}]
+
+
+def test_read_write_mix_uses_both_link_directions():
+    """With media faster than the x8 link, all-reads saturate the link's read direction while a
+    2:1 mix also uses the write direction: the mix gets more total bandwidth (as vendors quote
+    for CXL expanders), capped by the media."""
+    topo = parse_topology({
+        "topology": {"name": "mix"}, "host": [{"name": "h0"}],
+        "memory": [mem("m0", bw=40.0)],
+        "link": [{"ends": ["h0", "m0"], "bandwidth_gbps": 32, "latency_ns": 20}]})
+    f = Fabric(topo)
+    _, reads = f.closed_loop("h0", "m0", 1.0, threads=512, delay_ns=0, accesses=200_000)
+    _, mixed = f.closed_loop("h0", "m0", 2 / 3, threads=512, delay_ns=0, accesses=200_000)
+    assert reads == pytest.approx(32.0, rel=0.02)
+    assert mixed == pytest.approx(40.0, rel=0.02)
