@@ -349,9 +349,11 @@ static uint32_t order_victim(cxl_index *x, int32_t ti)
     switch (t->ordering) {
     case CXL_ORD_LFU:
         return lfu_victim(x, t);
-    case CXL_ORD_S3FIFO:
+    case CXL_ORD_S3FIFO: {
+        int64_t pinned_in_a_row = 0;   /* a full lap of pinned blocks in main: take from small */
         while (budget-- > 0) {
-            if (t->small.n && (s3_small_over_target(t) || !t->main.n)) {
+            if (t->small.n && (s3_small_over_target(t) || !t->main.n ||
+                               pinned_in_a_row >= t->main.n)) {
                 uint32_t id = t->small.tail;
                 rec *r = R(x, id);
                 if (((r->flags & F_S3FREQ_MASK) >> F_S3FREQ_SHIFT) > 1 || r->refs) {
@@ -367,6 +369,7 @@ static uint32_t order_victim(cxl_index *x, int32_t ti)
             rec *r = R(x, id);
             uint8_t f = (r->flags & F_S3FREQ_MASK) >> F_S3FREQ_SHIFT;
             if (f || r->refs) {
+                pinned_in_a_row = r->refs ? pinned_in_a_row + 1 : 0;
                 if (f) f--;
                 list_unlink(x, &t->main, id);
                 list_push_head(x, &t->main, id);
@@ -376,6 +379,7 @@ static uint32_t order_victim(cxl_index *x, int32_t ti)
             return id;
         }
         return NIL;
+    }
     case CXL_ORD_SIEVE: {
         uint32_t o = t->hand != NIL ? t->hand : t->main.tail;
         while (o != NIL && budget-- > 0) {

@@ -53,3 +53,7 @@ class BlockExists(CoreError, KeyError):
 
 class PoolError(CxlsimError, RuntimeError):
     """A pool server refused a request or could not be reached."""
+
+
+class ProtocolError(PoolError, ValueError):
+    """A pool frame broke the wire protocol (cxlsim/pool/protocol.py); the message names the field."""

@@ -270,3 +270,45 @@ class KVStore:
                 self.drops.append((victim, tier, vbytes))
             policy.on_remove(victim, tier)
         return True
+
+    # ------------------------------------------------------------------ serving-engine helpers
+    # A serving engine needs three things a cache simulator does not: to guard a request's blocks
+    # while it admits them (before pinning them in C, which needs a flush per block), to put a
+    # block into a given tier whatever place() says (KV a request needs in HBM to run), and to
+    # free such a block when the request ends without it counting as an eviction.
+    def hold(self, key: int) -> None:
+        """Keep `key` from being chosen as a victim until release(key); no C call."""
+        pins = self._pins
+        pins[key] = pins.get(key, 0) + 1
+
+    def release(self, key: int) -> None:
+        pins = self._pins
+        if pins[key] == 1:
+            del pins[key]
+        else:
+            pins[key] -= 1
+
+    def insert(self, key: int, tier: int, nbytes: int) -> bool:
+        """Insert an absent block into `tier`, making room there; False if no room can be made."""
+        self._tier(tier, "insert")
+        if key in self._where:
+            raise CxlsimError(f"insert: block {key} is already resident")
+        if not self.make_room(tier, nbytes):
+            return False
+        self._ops.append((INSERT, key, tier, nbytes))
+        self._where[key] = (tier, nbytes)
+        self._used[tier] += nbytes
+        self._blocks[tier] += 1
+        self.policy.on_insert(key, tier, 0, None)
+        return True
+
+    def discard(self, key: int) -> None:
+        """Remove an unpinned resident block (not a victim, not recorded as a drop)."""
+        tier, nbytes = self._where.pop(key)
+        if key in self._pins:
+            self._where[key] = (tier, nbytes)
+            raise CxlsimError(f"discard: block {key} is pinned")
+        self._ops.append((REMOVE, key, tier, 0))
+        self._used[tier] -= nbytes
+        self._blocks[tier] -= 1
+        self.policy.on_remove(key, tier)

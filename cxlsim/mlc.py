@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+from .errors import ConfigError
 from .fabric import Fabric, Unreachable
 
 ACCESS_BYTES = 64
@@ -34,9 +35,9 @@ def loaded_curve(fabric: Fabric, host: str, memory: str, read_ratio: float = 1.0
                  points: int = 12, accesses: int = 100_000) -> list[dict]:
     """Points of (delay_ns, bandwidth_gbps, latency_ns), from light load to saturation."""
     if not 0.0 <= read_ratio <= 1.0:
-        raise ValueError(f"--read-ratio must be between 0 and 1, got {read_ratio}")
+        raise ConfigError(f"--read-ratio must be between 0 and 1, got {read_ratio}")
     if points < 2:
-        raise ValueError(f"--points must be at least 2, got {points}")
+        raise ConfigError(f"--points must be at least 2, got {points}")
     idle = fabric.idle_latency(memory, host, ACCESS_BYTES)
     # enough issuers to saturate (Little's law) even at the highest loaded latency the model can
     # give: the idle latency plus 19 x queue_ns (u capped at 0.95) of every memory and link

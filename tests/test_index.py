@@ -147,7 +147,7 @@ class IndexMachine(RuleBasedStateMachine):
         assert len(self.index) == len(seen)
 
 
-IndexMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+IndexMachine.TestCase.settings = settings(max_examples=int(__import__("os").environ.get("CXLSIM_STATEFUL_EXAMPLES", 60)), stateful_step_count=40, deadline=None)
 TestIndexMachine = IndexMachine.TestCase
 
 
@@ -236,3 +236,16 @@ def test_tier_spec_errors():
         BlockIndex([TierSpec("a"), TierSpec("a")])
     with pytest.raises(ValueError, match="unsigned 64-bit"):
         BlockIndex([TierSpec("a")]).lookup(-1)
+
+
+@pytest.mark.parametrize("ordering", sorted(ORDERINGS))
+def test_evicts_the_only_unpinned_block_behind_pinned_ones(ordering):
+    """Regression (found by the state machine): S3-FIFO kept cycling a main queue of pinned
+    blocks and never fell back to its small queue."""
+    index = BlockIndex([TierSpec("t0", 600, 6, ordering), TierSpec("t1", 1000, -1, ordering)])
+    index.access_batch(np.array([2, 3, 4, 1, 5, 6, 7], np.uint64), 1)
+    index.pin(2)
+    index.move(2, 1) if index.lookup(2) == 0 else None
+    index.move(1, 1) if index.lookup(1) == 0 else None
+    assert sorted(index.tier_keys(1).tolist()) == [1, 2]
+    assert index.evict_one(1) == (1, 1)

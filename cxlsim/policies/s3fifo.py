@@ -73,9 +73,10 @@ class S3FIFO(Policy):
     def victim(self, tier):
         small, main, pinned = self.small[tier], self.main[tier], self.view.is_pinned
         budget = 3 * (len(small) + len(main)) + 3
+        pinned_in_a_row = 0   # a full lap of pinned blocks in main: take from small
         while budget > 0:
             budget -= 1
-            if small and (self._small_over_target(tier) or not main):
+            if small and (self._small_over_target(tier) or not main or pinned_in_a_row >= len(main)):
                 key = next(iter(small))
                 if self.freq[key] > 1 or pinned(key):
                     self.small_bytes[tier] -= small.pop(key)   # reused while small: to main
@@ -87,6 +88,7 @@ class S3FIFO(Policy):
                 break
             key = next(iter(main))
             if self.freq[key] or pinned(key):
+                pinned_in_a_row = pinned_in_a_row + 1 if pinned(key) else 0
                 self.freq[key] = max(self.freq[key] - 1, 0)
                 main.move_to_end(key)
                 continue

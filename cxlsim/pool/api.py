@@ -17,6 +17,21 @@ Two ways to use a pool:
   returns the same `PoolDelta` to every host, which updates its mirror. Because the order of
   application never depends on which host reached the barrier first, N hosts in one process and
   N host processes against a server give the same result, bit for bit.
+
+  How the barrier is called (the choice both implementations make):
+  - In one process, `LocalPool.exchange_all(k, {host: ops, ...})` takes the ops of every attached
+    host at once and returns the delta. `LocalPool.exchange(host, k, ops)` is the same barrier
+    one host at a time: it returns None until the last attached host has handed in quantum k,
+    then the delta (also `LocalPool.last_delta` for the hosts that got None).
+  - `PoolClient.exchange(host, k, ops)` blocks until the server has every attached host's ops for
+    k and always returns the delta. A host that detaches (or dies: heartbeat timeout) leaves the
+    barrier and the others proceed.
+  Quanta are numbered 0, 1, 2, ... with no gaps; every attached host hands in every quantum
+  (possibly with no ops). A host attaching later joins at the pool's current quantum
+  (`stats()["quantum"]`). An op that cannot be applied (quota, pool full of pinned blocks, block
+  gone) is not an error: it comes back in `PoolDelta.rejected` as (host, seq, reason).
+  Data path calls change the pool at once; their effect on the shared key set shows in the next
+  delta. Detailed semantics (quotas, extents, shared-block references, eviction): pool/local.py.
 """
 from __future__ import annotations
 
@@ -53,6 +68,7 @@ class PoolDelta:
     rejected: tuple[tuple[int, int, str], ...] = ()  # (host, seq, reason) for ops not applied
     used_bytes: int = 0
     capacity_bytes: int = 0
+    coherence_ns: tuple[tuple[int, float], ...] = ()  # (host, extra ns) this quantum, by host
 
 
 @runtime_checkable

@@ -1,0 +1,237 @@
+"""The pool's wire format: the single source of truth for what travels between host and server.
+
+A message is a ZeroMQ multipart message: one msgpack header frame, then zero or more raw data
+frames (block bytes travel as their own frames, never inside msgpack, so nothing re-encodes them).
+
+    request  header: {"v": VERSION, "id": int, "cmd": str, "args": {field: value, ...}}
+    reply    header: {"v": VERSION, "id": int | None, "ok": True, "result": ...}
+                     {"v": VERSION, "id": int | None, "ok": False,
+                      "error": {"code": str, "message": str}}
+
+Every request header is checked against the command's schema below (types, bounds, list
+lengths, number of data frames) with explicit checks, never `assert`; any failure is a
+ProtocolError naming the field, which the server answers with an error reply and no state change.
+docs/protocol.md describes the commands for people; keep the two in step.
+"""
+from __future__ import annotations
+
+import math
+
+import msgpack
+
+from ..errors import ProtocolError
+
+VERSION = 1
+MAX_HEADER_BYTES = 16 << 20         # a header larger than this is refused before decoding
+DEFAULT_MAX_FRAME_BYTES = 64 << 20  # data frames (one block each); the server may lower it
+MAX_BATCH = 1 << 16                 # keys per batched request
+MAX_OPS = 1 << 20                   # replay ops one host hands in for one quantum
+U64_MAX = (1 << 64) - 1
+MAX_HOST = 63
+MAX_BLOCK_BYTES = (1 << 32) - 1
+
+# error codes of error replies
+E_FRAME = "bad_frame"          # not msgpack, not a map, oversized, wrong number of data frames
+E_VERSION = "bad_version"
+E_COMMAND = "unknown_command"
+E_ARGS = "bad_args"
+E_ATTACH = "not_attached"      # the connection is not (or no longer) attached to a host
+E_REFUSED = "refused"          # valid request the pool refused (quota, isolation, pool full, ...)
+E_INTERNAL = "internal"        # a server bug; the server keeps serving
+
+
+# ---------------------------------------------------------------------- field checkers
+# Each checker takes (value, name) and returns the value (possibly normalised) or raises.
+def _fail(name: str, what: str, value) -> ProtocolError:
+    shown = repr(value)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return ProtocolError(f"{name}: expected {what}, got {type(value).__name__} {shown}")
+
+
+def integer(lo: int, hi: int):
+    def check(value, name):
+        if type(value) is not int or not lo <= value <= hi:   # bool is not an int here
+            raise _fail(name, f"an integer in {lo}..{hi}", value)
+        return value
+    return check
+
+
+def boolean(value, name):
+    if type(value) is not bool:
+        raise _fail(name, "true or false", value)
+    return value
+
+
+def finite(value, name):
+    if type(value) is not float or not math.isfinite(value) or value < 0:
+        raise _fail(name, "a finite float >= 0", value)
+    return value
+
+
+def string(max_len: int):
+    def check(value, name):
+        if type(value) is not str or not 0 < len(value) <= max_len:
+            raise _fail(name, f"a string of 1..{max_len} characters", value)
+        return value
+    return check
+
+
+def optional(inner):
+    def check(value, name):
+        return None if value is None else inner(value, name)
+    return check
+
+
+def list_of(inner, max_len: int = MAX_BATCH):
+    def check(value, name):
+        if type(value) is not list or len(value) > max_len:
+            raise _fail(name, f"a list of at most {max_len} items", value)
+        return [inner(v, f"{name}[{i}]") for i, v in enumerate(value)]
+    return check
+
+
+def record(*fields):
+    """A fixed-length list [a, b, ...] with one checker per position."""
+    def check(value, name):
+        if type(value) is not list or len(value) != len(fields):
+            raise _fail(name, f"a list of {len(fields)} items", value)
+        return [f(v, f"{name}[{i}]") for i, (f, v) in enumerate(zip(fields, value))]
+    return check
+
+
+KEY = integer(0, U64_MAX)
+KEYS = list_of(KEY)
+SIZE = integer(1, MAX_BLOCK_BYTES)
+OFFSET = integer(0, 1 << 48)
+OP_KIND = string(8)
+OP = record(finite, integer(0, 1 << 62), OP_KIND, KEY, integer(0, MAX_BLOCK_BYTES), boolean)
+
+#: command -> (schema {field: checker}, data frames: "none" | "per_key" | "per_key_unless_shm")
+COMMANDS: dict[str, tuple[dict, str]] = {
+    "attach": ({"host": integer(0, MAX_HOST), "quota": integer(0, 1 << 62),
+                "shm": optional(string(64))}, "none"),
+    "resize": ({"quota": integer(0, 1 << 62)}, "none"),
+    "detach": ({}, "none"),
+    "heartbeat": ({}, "none"),
+    "sync": ({}, "none"),
+    "stats": ({}, "none"),
+    "alloc": ({"keys": KEYS, "sizes": list_of(SIZE), "shared": boolean}, "none"),
+    # put: data in frames (one per key) or, with shm, at [offset, nbytes] in the host's window
+    "put": ({"keys": KEYS, "shared": boolean, "shm": optional(list_of(record(OFFSET, SIZE)))},
+            "per_key_unless_shm"),
+    "get": ({"keys": KEYS, "shm": boolean}, "none"),
+    "free": ({"keys": KEYS}, "none"),
+    "share": ({"keys": KEYS}, "none"),
+    "lookup": ({"keys": KEYS}, "none"),
+    "pin": ({"keys": KEYS}, "none"),
+    "unpin": ({"keys": KEYS}, "none"),
+    # ops: [t_ns, seq, kind, key, nbytes, shared]; the host is the connection's
+    "exchange": ({"quantum": integer(0, 1 << 62), "ops": list_of(OP, MAX_OPS)}, "none"),
+}
+
+
+# ---------------------------------------------------------------------- encode / decode
+def pack(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def _unpack(raw: bytes, max_bytes: int, max_items: int = MAX_OPS, max_map: int = 64):
+    if len(raw) > max_bytes:
+        raise ProtocolError(f"header frame of {len(raw)} B exceeds the limit of {max_bytes} B")
+    try:
+        # limits stop a small frame from declaring a huge container; ext types are refused
+        return msgpack.unpackb(raw, raw=False, strict_map_key=True, max_ext_len=0,
+                               max_str_len=max_bytes, max_bin_len=max_bytes,
+                               max_array_len=max_items, max_map_len=max_map)
+    except Exception as exc:   # msgpack raises many types for corrupt input; all mean "not msgpack"
+        raise ProtocolError(f"header frame is not valid msgpack ({type(exc).__name__}: "
+                            f"{str(exc)[:80]})") from None
+
+
+def encode_request(req_id: int, cmd: str, args: dict) -> bytes:
+    return pack({"v": VERSION, "id": req_id, "cmd": cmd, "args": args})
+
+
+def decode_request(frames: list, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+                   ) -> tuple[int | None, str, dict, list]:
+    """Check a request completely. Returns (id, cmd, args, data frames) or raises ProtocolError,
+    with `.req_id` set to the request id when it could be read (so the reply can carry it)."""
+    if not frames:
+        raise ProtocolError("empty message")
+    for i, frame in enumerate(frames):
+        if len(frame) > max_frame_bytes:
+            raise ProtocolError(f"frame {i} of {len(frame)} B exceeds the limit of "
+                                f"{max_frame_bytes} B")
+    header = _unpack(bytes(frames[0]), min(MAX_HEADER_BYTES, max_frame_bytes))
+    if type(header) is not dict:
+        raise ProtocolError(f"header must be a map, got {type(header).__name__}")
+    req_id = header.get("id")
+    if type(req_id) is not int or not 0 <= req_id <= U64_MAX:
+        raise ProtocolError(f"id: expected an integer in 0..2**64-1, got {req_id!r:.60}")
+    try:
+        return _check_request(header, req_id, frames[1:])
+    except ProtocolError as exc:
+        exc.req_id = req_id
+        raise
+
+
+def _check_request(header: dict, req_id: int, data: list):
+    extra = set(header) - {"v", "id", "cmd", "args"}
+    if extra:
+        raise ProtocolError(f"unknown header fields {sorted(map(str, extra))}")
+    if header.get("v") != VERSION or type(header.get("v")) is not int:
+        exc = ProtocolError(f"protocol version {header.get('v')!r:.20} is not supported "
+                            f"(this server speaks version {VERSION})")
+        exc.code = E_VERSION
+        raise exc
+    cmd = header.get("cmd")
+    if type(cmd) is not str or cmd not in COMMANDS:
+        exc = ProtocolError(f"unknown command {cmd!r:.40} (known: {', '.join(COMMANDS)})")
+        exc.code = E_COMMAND
+        raise exc
+    schema, frames_rule = COMMANDS[cmd]
+    args = header.get("args")
+    if type(args) is not dict:
+        raise ProtocolError(f"{cmd}: args must be a map, got {type(args).__name__}")
+    unknown = set(args) - set(schema)
+    missing = set(schema) - set(args)
+    if unknown or missing:
+        raise ProtocolError(f"{cmd}: unknown fields {sorted(map(str, unknown))}, missing fields "
+                            f"{sorted(missing)}")
+    checked = {name: check(args[name], f"{cmd}.{name}") for name, check in schema.items()}
+    want = 0
+    if frames_rule == "per_key" or (frames_rule == "per_key_unless_shm" and
+                                     checked.get("shm") is None):
+        want = len(checked["keys"])
+    if frames_rule == "per_key_unless_shm" and checked.get("shm") is not None \
+            and len(checked["shm"]) != len(checked["keys"]):
+        raise ProtocolError(f"{cmd}: shm has {len(checked['shm'])} entries for "
+                            f"{len(checked['keys'])} keys")
+    if cmd == "alloc" and len(checked["sizes"]) != len(checked["keys"]):
+        raise ProtocolError(f"alloc: {len(checked['sizes'])} sizes for {len(checked['keys'])} keys")
+    if len(data) != want:
+        raise ProtocolError(f"{cmd}: expected {want} data frames, got {len(data)}")
+    return req_id, cmd, checked, data
+
+
+def encode_reply(req_id, result=None) -> bytes:
+    return pack({"v": VERSION, "id": req_id, "ok": True, "result": result})
+
+
+def encode_error(req_id, code: str, message: str) -> bytes:
+    return pack({"v": VERSION, "id": req_id, "ok": False,
+                 "error": {"code": code, "message": message}})
+
+
+def decode_reply(raw: bytes) -> dict:
+    """Check a reply header (the client trusts the server less than nothing either)."""
+    msg = _unpack(bytes(raw), MAX_HEADER_BYTES * 16, max_items=1 << 26, max_map=1 << 16)
+    if type(msg) is not dict or msg.get("v") != VERSION or type(msg.get("ok")) is not bool:
+        raise ProtocolError(f"reply is not a version-{VERSION} pool reply: {str(msg)[:80]}")
+    if not msg["ok"]:
+        err = msg.get("error")
+        if type(err) is not dict or type(err.get("code")) is not str \
+                or type(err.get("message")) is not str:
+            raise ProtocolError(f"error reply without code and message: {str(msg)[:80]}")
+    return msg

@@ -1,0 +1,391 @@
+"""`cxlsim replay`: configuration, wiring of one replay, and its output files.
+
+A replay = a trace + a model on tp accelerators per host + a topology (host DRAM, CXL pool) + a
+policy. This module builds the pieces (hardware presets, fabric with each host's HBM attached,
+KV tiers, serving hosts), runs them and writes DIR/summary.json, DIR/requests.csv and plots.
+The serving model itself lives in cxlsim/serving/; docs/replay.md explains it.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import time
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError
+from .fabric import Fabric
+from .hardware import load_accelerator, load_model
+from .policies import make_policy
+from .serving.cost import DEFAULT_MBU, DEFAULT_MFU, DEFAULT_RESERVE, Deployment, default_tp
+from .serving.engine import EventLoop
+from .serving.host import RequestLog, ServingHost
+from .serving.kvtiers import Tier, TieredKV
+from .serving.metrics import CSV_COLUMNS, fabric_summary, latency_summary, request_table
+from .serving.scheduler import DEFAULT_MAX_BATCH, DEFAULT_TOKEN_BUDGET, SchedulerConfig
+from .topology import GIB, Link, Memory, load_topology
+from .traces import open_trace, trace_arrays
+
+#: PCIe link energy [?]: ~6 pJ/bit quoted for PCIe 4.0 in the introduction of Sun et al.,
+#: "Demystifying CXL Memory ...", MICRO'23 (arXiv 2303.15375); the topology presets use the same.
+PCIE_PJ_PER_BIT = 6.0
+#: [assumption] an idle accelerator draws this share of its board power (no cited figure).
+DEFAULT_IDLE_POWER_FRACTION = 0.1
+ASSIGN_RULES = ("round-robin", "session", "prefix")
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """Every setting of a replay; the [replay] table of a config file has the same keys."""
+    trace: str = ""
+    model: str = "llama-3-70b"
+    accel: str = "h100-sxm"
+    topology: str = "kv-tiered"
+    policy: str = "demote-on-evict"
+    tp: int = 0                          # 0: default_tp(model, accel)
+    dram_gib: float | None = None        # KV capacity in host DRAM (None: the whole memory)
+    cxl_gib: float | None = None         # KV capacity in the CXL pool (None: all its devices)
+    hosts: int = 1
+    assign: str = "round-robin"
+    quantum_us: float = 1000.0
+    token_budget: int = DEFAULT_TOKEN_BUDGET
+    max_batch: int = DEFAULT_MAX_BATCH
+    overlap: bool = True
+    mfu: float = DEFAULT_MFU
+    mbu: float = DEFAULT_MBU
+    reserve: float = DEFAULT_RESERVE
+    idle_power_fraction: float = DEFAULT_IDLE_POWER_FRACTION
+    format: str = "auto"
+    block_tokens: int = 0                # 0: the reader's default (Mooncake/Azure 512, token ids 16)
+    prefix_model: str = "none"           # Azure traces: see cxlsim.traces.PREFIX_MODELS
+    max_requests: int = 0                # 0: the whole trace
+    sample_ms: float = 1000.0            # tier-occupancy sampling period for plots
+    label: str = ""
+
+    def with_overrides(self, **kw) -> "ReplayConfig":
+        return dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+
+_TYPES = {f.name: f.type for f in fields(ReplayConfig)}
+
+
+def _coerce(origin: str, key: str, value, typ: str):
+    where = f"{origin}: [replay] {key}"
+    if value is None:
+        return None
+    want = typ.replace(" | None", "")
+    ok = {"str": isinstance(value, str), "bool": isinstance(value, bool),
+          "int": isinstance(value, int) and not isinstance(value, bool),
+          "float": isinstance(value, (int, float)) and not isinstance(value, bool)}[want]
+    if not ok:
+        raise ConfigError(f"{where}: expected {want}, got {value!r}")
+    if want == "float" and not math.isfinite(value):
+        raise ConfigError(f"{where}: must be finite, got {value!r}")
+    return float(value) if want == "float" else value
+
+
+def load_config(path: str | Path) -> ReplayConfig:
+    """A [replay] table of a TOML file; relative trace paths are taken from the file's folder."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    extra = sorted(set(data) - {"replay"})
+    if extra:
+        raise ConfigError(f"{path}: {extra[0]}: unknown table (a config holds one [replay] table)")
+    table = data.get("replay")
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [replay]: missing")
+    values = {}
+    for key, value in table.items():
+        if key not in _TYPES:
+            raise ConfigError(f"{path}: [replay] {key}: unknown key (known: {', '.join(_TYPES)})")
+        values[key] = _coerce(str(path), key, value, _TYPES[key])
+    if values.get("trace") and not Path(values["trace"]).is_absolute():
+        candidate = path.parent / values["trace"]
+        if candidate.exists():
+            values["trace"] = str(candidate)
+    cfg = ReplayConfig(**values)
+    validate(cfg, str(path))
+    return cfg
+
+
+def validate(cfg: ReplayConfig, origin: str = "replay") -> None:
+    def bad(key, problem):
+        raise ConfigError(f"{origin}: {key}: {problem}")
+    for key in ("dram_gib", "cxl_gib"):
+        v = getattr(cfg, key)
+        if v is not None and v < 0:
+            bad(key, f"must be >= 0, got {v}")
+    if cfg.hosts < 1:
+        bad("hosts", f"must be >= 1, got {cfg.hosts}")
+    if cfg.tp < 0:
+        bad("tp", f"must be >= 0 (0 = automatic), got {cfg.tp}")
+    if cfg.assign not in ASSIGN_RULES:
+        bad("assign", f"must be one of {', '.join(ASSIGN_RULES)}, got {cfg.assign!r}")
+    if cfg.quantum_us <= 0:
+        bad("quantum_us", f"must be > 0, got {cfg.quantum_us}")
+    if not 0 <= cfg.idle_power_fraction <= 1:
+        bad("idle_power_fraction", f"must be in [0, 1], got {cfg.idle_power_fraction}")
+    if cfg.sample_ms <= 0:
+        bad("sample_ms", f"must be > 0, got {cfg.sample_ms}")
+    if cfg.max_requests < 0 or cfg.block_tokens < 0:
+        bad("max_requests" if cfg.max_requests < 0 else "block_tokens", "must be >= 0")
+    if not cfg.trace:
+        bad("trace", "missing (give a trace file)")
+
+
+# ----------------------------------------------------------------------------- building
+
+def read_trace(cfg: ReplayConfig) -> dict:
+    kw = {}
+    if cfg.block_tokens:
+        kw["block_tokens"] = cfg.block_tokens
+    fmt = cfg.format
+    if fmt == "azure" or (fmt == "auto" and cfg.trace.lower().endswith(".csv")):
+        kw["prefix_model"] = cfg.prefix_model
+    if not Path(cfg.trace).exists():
+        raise ConfigError(f"{cfg.trace}: no such trace file")
+    reqs = open_trace(cfg.trace, fmt, **kw)
+    if cfg.max_requests:
+        from itertools import islice
+        reqs = islice(reqs, cfg.max_requests)
+    return trace_arrays(reqs)
+
+
+def _memory_tiers(topo, host: str, cfg: ReplayConfig) -> list[tuple[str, str, int]]:
+    """(tier name, endpoint, capacity bytes) below HBM for one host: its DRAM, then the CXL pool."""
+    linked = {b for link in topo.links for a, b in ((link.a, link.b), (link.b, link.a)) if a == host}
+    out = []
+    drams = [m for m in topo.memories if m.kind == "dram" and m.name in linked]
+    if drams:
+        cap = drams[0].capacity_bytes if cfg.dram_gib is None else int(cfg.dram_gib * GIB)
+        if cap:
+            out.append(("dram", drams[0].name, cap))
+    elif cfg.dram_gib:
+        raise ConfigError(f"{topo.origin}: host {host!r} has no DRAM linked to it; "
+                          f"dram_gib = {cfg.dram_gib} cannot be honoured")
+    cxl_names = {m.name for m in topo.memories if m.kind == "cxl"}
+    sets = [il for il in topo.interleaves if set(il.members) <= cxl_names]
+    if sets:
+        endpoint = sets[0].name
+        full = sum(topo.memory(m).capacity_bytes for m in sets[0].members)
+    elif cxl_names:
+        first = next(m for m in topo.memories if m.kind == "cxl")
+        endpoint, full = first.name, first.capacity_bytes
+    else:
+        endpoint, full = None, 0
+    cap = full if cfg.cxl_gib is None else int(cfg.cxl_gib * GIB)
+    if endpoint and cap:
+        out.append(("cxl", endpoint, cap))
+    elif cfg.cxl_gib and not endpoint:
+        raise ConfigError(f"{topo.origin}: no CXL memory; cxl_gib = {cfg.cxl_gib} cannot be honoured")
+    return out
+
+
+def attach_hbm(topo, hosts: list[str], dep: Deployment):
+    """The topology with each host's accelerator HBM (tp devices as one memory) on a PCIe link."""
+    a = dep.accel
+    for h in hosts:
+        hbm = Memory(
+            name=f"{h}.hbm", kind="hbm", capacity_bytes=dep.hbm_bytes, read_latency_ns=0.0,
+            write_latency_ns=0.0, bandwidth_gbps=dep.tp * a.memory_bandwidth_gbps,
+            write_bandwidth_gbps=dep.tp * a.memory_bandwidth_gbps, pj_per_bit=a.memory_pj_per_bit,
+            source=f"{a.display_name} x{dep.tp}: {a.source}",
+            assumptions=("read_latency_ns", "write_latency_ns"))
+        link = Link(a=h, b=hbm.name, bandwidth_gbps=dep.host_link_gbps,
+                    latency_ns=a.host_link.latency_ns, pj_per_bit=PCIE_PJ_PER_BIT,
+                    source=f"{a.host_link.name} x{dep.tp} devices: {a.source}; pj_per_bit: "
+                           f"PCIe energy quoted by Sun et al., MICRO'23 [?]")
+        topo = topo.with_memory(hbm, link)
+    return topo
+
+
+def assign_hosts(trace: dict, n_hosts: int, rule: str) -> np.ndarray:
+    """Host of every request. round-robin: i mod N; session: the trace's conversation id mod N
+    (falls back to round-robin without ids); prefix: first block key mod N (requests sharing a
+    first block meet on one host, as a prefix-aware router sends them)."""
+    n = len(trace["arrival_ms"])
+    if n_hosts == 1:
+        return np.zeros(n, np.int64)
+    if rule == "prefix":
+        off, keys = trace["block_offsets"], trace["block_keys"]
+        first = np.where(np.diff(off) > 0, keys[np.minimum(off[:-1], max(len(keys) - 1, 0))]
+                         if len(keys) else 0, np.arange(n, dtype=np.uint64))
+        return (first % np.uint64(n_hosts)).astype(np.int64)
+    if rule == "session" and "session" in trace and (trace["session"] >= 0).all():
+        return trace["session"] % n_hosts
+    return np.arange(n, dtype=np.int64) % n_hosts
+
+
+@dataclass
+class ReplayResult:
+    summary: dict
+    table: dict
+    occupancy: list = field(default_factory=list)     # per host: [(t ns, bytes per tier...)]
+    transfers: dict = field(default_factory=dict)     # resource -> (start ns array, bytes array)
+    tier_names: list = field(default_factory=list)
+
+
+def run_replay(cfg: ReplayConfig, progress: bool = False, trace: dict | None = None) -> ReplayResult:
+    """One replay, in this process (every host of cfg.hosts)."""
+    validate(cfg)
+    wall0 = time.perf_counter()
+    model, accel = load_model(cfg.model), load_accelerator(cfg.accel)
+    tp = cfg.tp or default_tp(model, accel, cfg.reserve)
+    dep = Deployment(model, accel, tp, cfg.mfu, cfg.mbu, cfg.reserve)
+    sched = SchedulerConfig(cfg.token_budget, cfg.max_batch, cfg.overlap)
+    policy_probe = make_policy(cfg.policy)
+    topo = load_topology(cfg.topology)
+    if cfg.hosts > len(topo.hosts):
+        raise ConfigError(f"{topo.origin}: hosts = {cfg.hosts} but the topology has "
+                          f"{len(topo.hosts)} ({', '.join(h.name for h in topo.hosts)})")
+    if cfg.hosts > 1:
+        from .serving.multihost import run_multihost
+        return run_multihost(cfg, dep, sched, topo, trace, progress, wall0)
+    if trace is None:
+        trace = read_trace(cfg)
+    host = topo.hosts[0].name
+    topo = attach_hbm(topo, [host], dep)
+    fabric = Fabric(topo)
+    bt = int(trace["block_tokens"])
+    block_bytes = bt * model.kv_bytes_per_token
+    tiers = [Tier("hbm", f"{host}.hbm", dep.kv_capacity_bytes)]
+    tiers += [Tier(*t) for t in _memory_tiers(topo, host, cfg)]
+    tiers = tiers[: getattr(policy_probe, "max_tiers", None) or len(tiers)]
+    kv = TieredKV(tiers, policy_probe, block_bytes, fabric, record_every_ns=cfg.sample_ms * 1e6)
+    n = len(trace["arrival_ms"])
+    log = RequestLog(n, len(tiers))
+    server = ServingHost(0, dep, kv, trace, np.arange(n), sched, log)
+    bar = _progress(n, cfg, progress)
+    if bar is not None:
+        server.on_finish = lambda rid, now: bar.update(1)
+    server.start()
+    server.loop.run()
+    if bar is not None:
+        bar.close()
+    kv.sample(server.last_event_ns)
+    return _result(cfg, dep, trace, log, [server], [kv], fabric, topo, tiers, wall0)
+
+
+def _progress(n: int, cfg: ReplayConfig, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=n, unit="req", leave=False, disable=None,
+                desc=f"replay {cfg.label or cfg.policy}")
+
+
+def _result(cfg, dep, trace, log, servers, kvs, fabric, topo, tiers, wall0,
+            extra: dict | None = None) -> ReplayResult:
+    table = request_table(trace, log)
+    accesses = int(np.diff(trace["block_offsets"])[log.admit_ns == log.admit_ns].sum())
+    summary = latency_summary(table, accesses, [t.name for t in tiers], log.tier_hits,
+                              log.block_hits)
+    span_ns = summary["makespan_s"] * 1e9
+    kinds = {m.name: m.kind for m in topo.memories}
+    fab = fabric_summary(fabric.stats(), span_ns, kinds)
+    busy_s = sum(s.busy_ns for s in servers) / 1e9
+    idle_s = max(0.0, len(servers) * summary["makespan_s"] - busy_s)
+    compute_j = dep.power_w * (busy_s + cfg.idle_power_fraction * idle_s)
+    mem = dict(fab["energy"]["memory"])
+    hbm_compute_j = sum(s.hbm_bytes for s in servers) * 8 * dep.accel.memory_pj_per_bit * 1e-12
+    mem["hbm"] = mem.get("hbm", 0.0) + hbm_compute_j
+    total = compute_j + fab["energy"]["links"] + sum(v for k, v in mem.items() if k != "hbm")
+    summary.update({
+        "bytes_moved": fab["bytes_moved"],
+        "link_utilization": fab["link_utilization"],
+        "energy_j": {"compute": compute_j, "memory": mem, "links": fab["energy"]["links"],
+                     "total": total,
+                     "note": "total = compute + links + memory except hbm (board power includes HBM)"},
+        "tokens_per_joule": summary["output_tokens"] / total if total > 0 else 0.0,
+        "accelerator_busy_s": busy_s,
+        "iterations": sum(s.iterations for s in servers),
+    })
+    summary["deployment"] = {
+        "model": dep.model.name, "accel": dep.accel.name, "tp": dep.tp,
+        "kv_bytes_per_token": dep.model.kv_bytes_per_token,
+        "block_tokens": int(trace["block_tokens"]),
+        "block_bytes": int(trace["block_tokens"]) * dep.model.kv_bytes_per_token,
+        "tiers": {t.name: {"endpoint": t.endpoint, "capacity_gib": t.capacity_bytes / GIB}
+                  for t in tiers},
+        "hbm_kv_capacity_blocks": tiers[0].capacity_bytes // (int(trace["block_tokens"])
+                                                               * dep.model.kv_bytes_per_token),
+        "mfu": dep.mfu, "mbu": dep.mbu, "reserve": dep.reserve,
+    }
+    summary["config"] = dataclasses.asdict(cfg)
+    summary["assumptions"] = topo.assumptions() + [
+        f"accelerator {dep.accel.name}: {', '.join(dep.accel.assumptions)}",
+        f"mfu {dep.mfu}, mbu {dep.mbu}, idle_power_fraction {cfg.idle_power_fraction} [assumption]"]
+    if extra:
+        summary.update(extra)
+    summary["sim_wall_s"] = time.perf_counter() - wall0
+    transfers = _transfer_log(kvs, fabric)
+    return ReplayResult(summary, table, [kv.occupancy for kv in kvs], transfers,
+                        [t.name for t in tiers])
+
+
+def _transfer_log(kvs, fabric) -> dict:
+    """Per link resource: (start ns, bytes) of every KV transfer that crossed it."""
+    names = {}
+    for (src, dst), info in fabric._route_info.items():
+        rid = fabric._routes[(src, dst)]
+        names[rid] = [r for r in info["resources"] if r.startswith("link ")]
+    out: dict[str, tuple[list, list]] = {}
+    for kv in kvs:
+        for t, rid, b in zip(kv.log_t, kv.log_route, kv.log_bytes):
+            for res in names.get(rid, ()):
+                ts, bs = out.setdefault(res, ([], []))
+                ts.append(t)
+                bs.append(b)
+    return {k: (np.array(v[0]), np.array(v[1], np.float64)) for k, v in out.items()}
+
+
+# ----------------------------------------------------------------------------- outputs
+
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, np.generic):
+        return _json_safe(obj.item())
+    return obj
+
+
+def write_outputs(result: ReplayResult, out_dir: str | Path, plots: bool = True) -> list[str]:
+    """summary.json, requests.csv and (with matplotlib) plots; returns notes for the user."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(_json_safe(result.summary), indent=2) + "\n")
+    write_requests_csv(result.table, out / "requests.csv")
+    notes = []
+    if plots:
+        from . import plots as plotting
+        notes += plotting.replay_plots(result, out)
+    return notes
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (float, np.floating)):
+        return "" if math.isnan(v) else repr(round(float(v), 6))
+    return str(int(v))
+
+
+def write_requests_csv(table: dict, path: Path) -> None:
+    cols = [table[c] for c in CSV_COLUMNS]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(CSV_COLUMNS)
+        for row in zip(*cols):
+            w.writerow([_fmt(v) for v in row])

@@ -1,0 +1,231 @@
+"""One host's KV-cache tiers (HBM, host DRAM, CXL) and the data movement they cost on the fabric.
+
+The policy decides through a KVStore; this module turns the store's recorded moves into fabric
+transfers and keeps the HBM budget of running requests. Rules (docs/replay.md, "KV tiers"):
+
+* Admission of a request reserves its whole HBM footprint up front: one block of HBM for every
+  prompt block (resident there, or a scratch copy when the policy keeps it in a lower tier) plus
+  ceil(output / block_tokens) blocks for the KV it will generate. Blocks already pinned in HBM by
+  another running request cost nothing. If the footprint does not fit next to the pinned blocks
+  of running requests the request waits (FCFS); if it does not fit in an empty HBM it is rejected.
+* The reusable prefix is the run of leading blocks resident in any tier. Hits in HBM are used in
+  place; hits in DRAM/CXL are loaded into HBM (a promotion the policy chose, or a scratch copy).
+  Every move the policy makes (promotion, demotion cascade) is a transfer between the tiers'
+  fabric endpoints, issued at admission; the request's prefill waits for all of them (a demotion
+  frees the HBM its blocks need). Drops cost nothing. With a write-through policy, blocks computed
+  by the request are also written to the next tier when its prefill ends, and demotion from HBM
+  to that tier is free (the copy is already there).
+* Blocks the request uses stay pinned in HBM until it finishes; scratch blocks (output KV, copies)
+  are freed then: the trace cannot say which later prompt blocks the generated tokens become.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..fabric import Fabric
+from ..index import BlockIndex, TierSpec
+from ..kv import KVStore
+from ..policies.base import Policy
+
+SCRATCH_BASE = 0xFFFF_FFFF_0000_0000   # scratch keys: far from the dense ranges tests use
+MAX_BLOCK_BYTES = (1 << 32) - 1        # the C index keeps block sizes in 32 bits
+
+
+@dataclass(frozen=True)
+class Tier:
+    name: str            # "hbm", "dram", "cxl"
+    endpoint: str        # fabric endpoint the tier's blocks live in
+    capacity_bytes: int
+
+
+@dataclass
+class Admission:
+    prefix_blocks: int                 # leading blocks reused
+    tier_hits: list                    # per tier: prefix blocks found there
+    block_hits: list                   # per tier: any block of the request found there
+    ready_ns: float                    # all loads and demotions done
+    loaded_bytes: int
+    pinned: list = field(default_factory=list)
+    scratch: list = field(default_factory=list)
+    writes: list = field(default_factory=list)  # (route id, bytes) issued when prefill ends
+
+
+class TieredKV:
+    """HBM/DRAM/CXL tiers of one host under one policy, charged on a shared fabric."""
+
+    def __init__(self, tiers: list[Tier], policy: Policy, block_bytes: int, fabric: Fabric,
+                 record_every_ns: float = 0.0):
+        if block_bytes > MAX_BLOCK_BYTES:
+            raise ValueError(f"a KV block of {block_bytes} bytes exceeds the index's 4 GiB limit; "
+                             f"use smaller blocks")
+        self.tiers = tiers
+        self.block_bytes = block_bytes
+        self.fabric = fabric
+        index = BlockIndex([TierSpec(t.name, capacity_bytes=t.capacity_bytes) for t in tiers])
+        self.store = KVStore(index, policy, record_moves=True)
+        self.write_through = bool(policy.write_through) and len(tiers) > 1
+        self.hbm_capacity = tiers[0].capacity_bytes
+        self.pinned_hbm = 0
+        self._pin_count: dict[int, int] = {}
+        self._routes: dict[tuple[int, int], int] = {}
+        self._next_scratch = SCRATCH_BASE
+        # transfer log for link-utilization plots: start ns, route, bytes
+        self.log_t: list[float] = []
+        self.log_route: list[int] = []
+        self.log_bytes: list[int] = []
+        self.record_every_ns = record_every_ns
+        self.occupancy: list[tuple] = []   # (t ns, used bytes per tier...)
+        self._next_sample = 0.0
+
+    # ------------------------------------------------------------------ fabric
+    def route(self, src: int, dst: int) -> int:
+        key = (src, dst)
+        rid = self._routes.get(key)
+        if rid is None:
+            rid = self._routes[key] = self.fabric.route(self.tiers[src].endpoint,
+                                                        self.tiers[dst].endpoint)
+        return rid
+
+    def _transfer(self, items: list[tuple[int, int]], t: float) -> float:
+        """Issue (route, bytes) transfers at t in order; latest completion (t if none)."""
+        if not items:
+            return t
+        self.log_t.extend([t] * len(items))
+        self.log_route.extend(r for r, _ in items)
+        self.log_bytes.extend(b for _, b in items)
+        if len(items) == 1:
+            return self.fabric.transfer_route(items[0][0], items[0][1], t)[0]
+        routes = np.fromiter((r for r, _ in items), np.int32, len(items))
+        sizes = np.fromiter((b for _, b in items), np.uint64, len(items))
+        return float(self.fabric.transfer_batch(routes, sizes, t).max())
+
+    def issue_writes(self, writes: list[tuple[int, int]], t: float) -> float:
+        return self._transfer(writes, t)
+
+    # ------------------------------------------------------------------ admission
+    def footprint(self, keys: list[int], extra_blocks: int) -> int:
+        """HBM bytes a request would add to the pinned ones (extra_blocks: scratch it needs)."""
+        pinned = self._pin_count
+        resident = sum(1 for k in keys if k in pinned)
+        return (len(keys) - resident + extra_blocks) * self.block_bytes
+
+    def admit(self, keys: list[int], extra_blocks: int, t: float) -> Admission | None:
+        """Reserve HBM for a request and move its reused blocks in; None if it must wait.
+        extra_blocks: scratch blocks besides the keyed prompt blocks (output KV, prompt blocks
+        the trace gives no key for). The caller checks that the footprint can ever fit."""
+        if self.pinned_hbm + self.footprint(keys, extra_blocks) > self.hbm_capacity:
+            return None
+        store, bb = self.store, self.block_bytes
+        tier_of = store.tier_of
+        n_tiers = len(self.tiers)
+        before = [tier_of(k) for k in keys]
+        prefix = 0
+        while prefix < len(keys) and before[prefix] >= 0:
+            prefix += 1
+        tier_hits = [0] * n_tiers
+        block_hits = [0] * n_tiers
+        for i, tb in enumerate(before):
+            if tb >= 0:
+                block_hits[tb] += 1
+                if i < prefix:
+                    tier_hits[tb] += 1
+        # guard every resident block of the request while others are evicted to make room
+        held = [k for k, tb in zip(keys, before) if tb >= 0]
+        for k in held:
+            store.hold(k)
+        access, hold = store.access, store.hold
+        parent = None
+        for pos, k in enumerate(keys):
+            hit = access(k, bb, pos, parent)
+            if hit < 0 and tier_of(k) >= 0:
+                hold(k)
+                held.append(k)
+            parent = k
+        store.flush()
+        # every move the policy made, charged in order
+        items = []
+        wt = self.write_through
+        loaded = 0
+        for _k, src, dst, nbytes in store.moves:
+            if wt and src == 0 and dst == 1:
+                continue                                  # already written through
+            items.append((self.route(src, dst), nbytes))
+            if dst == 0:
+                loaded += nbytes
+        store.moves.clear()
+        store.drops.clear()
+        adm = Admission(prefix, tier_hits, block_hits, t, 0)
+        scratch_needed = extra_blocks
+        for i, k in enumerate(keys):
+            tier = tier_of(k)
+            if tier == 0:
+                self._pin(k)
+                adm.pinned.append(k)
+                if wt and before[i] < 0:
+                    adm.writes.append((self.route(0, 1), bb))
+                continue
+            scratch_needed += 1
+            if i < prefix:                                # reused from a lower tier, not promoted
+                items.append((self.route(before[i], 0), bb))
+                loaded += bb
+            elif tier > 0:                                # computed here, kept in a lower tier
+                adm.writes.append((self.route(0, tier), bb))
+        for k in held:
+            store.release(k)
+        for _ in range(scratch_needed):
+            k = self._scratch_key()
+            if not store.insert(k, 0, bb):
+                raise RuntimeError("HBM reservation broke: no room for scratch KV")  # a bug
+            adm.scratch.append(k)
+        if adm.scratch:
+            store.flush()                                 # C must know a key before pinning it
+            for k in adm.scratch:
+                self._pin(k)
+        adm.ready_ns = self._transfer(items, t)
+        adm.loaded_bytes = loaded
+        if self.record_every_ns and t >= self._next_sample:
+            self.sample(t)
+        return adm
+
+    def release(self, adm: Admission) -> None:
+        """The request finished: unpin its blocks, free its scratch KV."""
+        store = self.store
+        for k in adm.pinned:
+            self._unpin(k)
+        for k in adm.scratch:
+            self._unpin(k)
+            store.discard(k)
+
+    def sample(self, t: float) -> None:
+        self.occupancy.append((t, *self.used_bytes()))
+        self._next_sample = t + self.record_every_ns
+
+    # ------------------------------------------------------------------ pins
+    def _pin(self, key: int) -> None:
+        n = self._pin_count.get(key, 0)
+        if n == 0:
+            self.store.index.pin(key)
+            self.pinned_hbm += self.block_bytes
+        self._pin_count[key] = n + 1
+
+    def _unpin(self, key: int) -> None:
+        n = self._pin_count[key]
+        if n == 1:
+            del self._pin_count[key]
+            self.store.index.unpin(key)       # a pinned key cannot have a queued change
+            self.pinned_hbm -= self.block_bytes
+        else:
+            self._pin_count[key] = n - 1
+
+    def _scratch_key(self) -> int:
+        tier_of = self.store.tier_of
+        k = self._next_scratch
+        while tier_of(k) >= 0:
+            k += 1
+        self._next_scratch = k + 1 if k + 1 <= (1 << 64) - 1 else SCRATCH_BASE
+        return k
+
+    def used_bytes(self) -> list[int]:
+        return [self.store.view.usage(t)[0] for t in range(len(self.tiers))]

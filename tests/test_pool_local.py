@@ -1,0 +1,216 @@
+"""LocalPool: the in-process pool's semantics (quotas, isolation, eviction, barrier, coherence)."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from cxlsim.errors import PoolError
+from cxlsim.pool.api import OP_FREE, OP_PUT, OP_TOUCH, Pool, PoolOp
+from cxlsim.pool.local import LocalPool
+
+KIB = 1024
+
+
+def pool(cap=64 * KIB, extent=4 * KIB, **kw):
+    return LocalPool(cap, extent_bytes=extent, **kw)
+
+
+def test_satisfies_contract():
+    assert isinstance(pool(), Pool)
+
+
+def test_bytes_and_arrays_round_trip_exactly():
+    p = pool()
+    p.attach(0, 16 * KIB)
+    arr = np.random.default_rng(1).standard_normal((8, 16)).astype(np.float16)
+    p.put(0, 1, arr)
+    p.put(0, 2, b"\x00\xffabc")
+    assert np.array_equal(np.frombuffer(p.get(0, 1), np.float16).reshape(8, 16), arr)
+    assert p.get(0, 2) == b"\x00\xffabc"
+    p.alloc(0, 3, 100)
+    assert p.get(0, 3) == bytes(100)
+
+
+def test_quota_is_whole_extents_and_enforced():
+    p = pool()
+    p.attach(0, 5 * KIB)                       # rounds up to 2 extents = 8 KiB
+    assert p.stats()["hosts"]["0"]["quota_bytes"] == 8 * KIB
+    p.put(0, 1, bytes(8 * KIB))
+    with pytest.raises(PoolError, match="quota exceeded"):
+        p.put(0, 2, b"x")
+    with pytest.raises(PoolError, match="shrink"):
+        p.resize(0, 4 * KIB)
+    p.resize(0, 12 * KIB)
+    p.put(0, 2, b"x")
+    with pytest.raises(PoolError, match="extents"):
+        p.attach(1, 64 * KIB)                  # 3 extents granted already, 13 free
+    p.attach(1, 52 * KIB)
+    with pytest.raises(PoolError, match="free"):
+        p.resize(0, 20 * KIB)
+
+
+def test_private_blocks_are_isolated():
+    p = pool()
+    p.attach(0, 8 * KIB)
+    p.attach(1, 8 * KIB)
+    p.put(0, 7, b"secret")
+    for call in (lambda: p.get(1, 7), lambda: p.free(1, 7), lambda: p.pin(1, [7]),
+                 lambda: p.share(1, 7), lambda: p.put(1, 7, b"xxxxxx")):
+        with pytest.raises(PoolError, match="not readable by host 1"):
+            call()
+    assert p.lookup(1, [7]) == 0 and p.lookup(0, [7]) == 1
+    p.share(0, 7)
+    assert p.get(1, 7) == b"secret" and p.lookup(1, [7]) == 1
+
+
+def test_shared_lru_eviction_spares_private_and_pinned():
+    p = pool(cap=16 * KIB)
+    p.attach(0, 4 * KIB)
+    p.attach(1, 0)
+    p.put(0, 100, bytes(4 * KIB))              # private
+    for k in range(3):
+        p.put(1, k, bytes(4 * KIB), shared=True)
+    p.pin(0, [0])
+    p.get(0, 1)                                # 1 recent, 2 is the LRU unpinned shared block
+    p.put(1, 3, bytes(4 * KIB), shared=True)
+    assert p.lookup(0, [0, 1]) == 2 and p.lookup(0, [2]) == 0 and p.lookup(0, [3]) == 1
+    assert p.lookup(0, [100]) == 1
+    p.pin(1, [1, 3])
+    with pytest.raises(PoolError, match="pool full"):
+        p.put(1, 9, b"x", shared=True)
+    assert p.stats()["used_bytes"] == 16 * KIB
+    p.check()
+
+
+def test_shared_block_lives_while_referenced():
+    p = pool()
+    p.attach(0, 0)
+    p.attach(1, 0)
+    p.put(0, 5, b"abc", shared=True)
+    p.get(1, 5)                                # host 1 takes a reference by reading
+    p.free(0, 5)
+    assert p.get(1, 5) == b"abc"
+    with pytest.raises(PoolError, match="no reference"):
+        p.free(0, 5)
+    p.free(1, 5)
+    assert p.lookup(0, [5]) == 0 and p.stats()["used_bytes"] == 0
+
+
+def test_detach_frees_private_and_pins_keeps_others_shared():
+    p = pool()
+    p.attach(0, 8 * KIB)
+    p.attach(1, 8 * KIB)
+    p.put(0, 1, b"p" * 10)
+    p.put(0, 2, b"s" * 20, shared=True)
+    p.put(0, 3, b"t" * 30, shared=True)
+    p.get(1, 2)
+    p.pin(0, [1, 2, 3])
+    p.detach(0)
+    s = p.stats()
+    assert s["used_bytes"] == 20 and s["pinned_shared_bytes"] == 0
+    assert p.get(1, 2) == b"s" * 20 and p.lookup(1, [3]) == 0
+    assert s["used_bytes"] + s["free_bytes"] == s["capacity_bytes"]
+    p.check()
+
+
+def test_unpin_is_all_or_nothing():
+    p = pool()
+    p.attach(0, 8 * KIB)
+    p.put(0, 1, b"a")
+    p.pin(0, [1])
+    with pytest.raises(PoolError, match="not pinned"):
+        p.unpin(0, [1, 1])
+    assert p.stats()["hosts"]["0"]["pins"] == 1
+    with pytest.raises(PoolError, match="pinned by host 0"):
+        p.free(0, 1)
+
+
+def test_coherence_write_back_invalidates_sharers():
+    from cxlsim.fabric import Fabric
+    from cxlsim.topology import load_topology
+    fab = Fabric(load_topology("kv-pool-4host"))
+    p = LocalPool(1 << 20, extent_bytes=64 * KIB, fabric=fab, memory="pool")
+    for h in range(3):
+        p.attach(h, 0)
+    p.put(0, 1, b"v1", shared=True)
+    p.get(1, 1)
+    p.get(2, 1)
+    p.put(0, 1, b"v2", shared=True)            # write: 1 and 2 are back-invalidated
+    c = p.stats()["coherence"]
+    assert c["invalidations"] == 2 and c["bi_events"] == 1
+    assert p.stats()["hosts"]["0"]["coherence_ns"] > 0
+
+
+def ops(host, items):
+    return [PoolOp(t, host, i, kind, key, nbytes, shared)
+            for i, (t, kind, key, nbytes, shared) in enumerate(items)]
+
+
+def test_barrier_order_does_not_depend_on_arrival():
+    def run(order):
+        p = pool(cap=8 * KIB)
+        for h in range(3):
+            p.attach(h, 0)
+        by_host = {0: ops(0, [(5.0, OP_PUT, 1, 4 * KIB, True), (6.0, OP_TOUCH, 1, 0, True)]),
+                   1: ops(1, [(1.0, OP_PUT, 2, 4 * KIB, True)]),
+                   2: ops(2, [(5.0, OP_PUT, 3, 4 * KIB, True), (7.0, OP_FREE, 2, 0, True)])}
+        out = None
+        for h in order:
+            d = p.exchange(h, 0, by_host[h])
+            if h != order[-1]:
+                assert d is None
+            out = d
+        return out, p.stats()
+    a, b = run([0, 1, 2]), run([2, 0, 1])
+    assert a == b
+    delta = a[0]
+    # order: put 2 (t=1), put 1 (t=5,h0), put 3 (t=5,h2) evicts LRU 2, touch 1, free 2 rejected
+    assert delta.added == (1, 3) and delta.removed == ()
+    assert [r[:2] for r in delta.rejected] == [(2, 1)]
+    assert delta.used_bytes == 8 * KIB
+
+
+def test_exchange_checks_quantum_and_hosts():
+    p = pool()
+    p.attach(0, 0)
+    p.attach(1, 0)
+    with pytest.raises(PoolError, match="quantum 3"):
+        p.exchange(0, 3, [])
+    with pytest.raises(PoolError, match="missing"):
+        p.exchange_all(0, {0: []})
+    assert p.exchange(0, 0, []) is None
+    with pytest.raises(PoolError, match="already"):
+        p.exchange(0, 0, [])
+    p.detach(1)
+    assert p.try_complete().quantum == 0 and p.quantum == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.sampled_from(["put", "sput", "get", "free", "pin",
+                                                              "unpin", "share", "detach"]),
+                          st.integers(0, 7), st.integers(1, 3000)), max_size=60))
+def test_accounting_invariants_hold_under_any_sequence(steps):
+    p = pool(cap=12 * KIB, extent=2 * KIB)
+    for h in range(3):
+        p.attach(h, 2 * KIB)
+    for host, op, key, n in steps:
+        try:
+            if op == "detach":
+                p.detach(host)
+                p.attach(host, 2 * KIB)
+            elif op in ("put", "sput"):
+                p.put(host, key, bytes([key]) * n, shared=op == "sput")
+            elif op == "get":
+                assert set(p.get(host, key)) <= {key, 0}
+            elif op == "free":
+                p.free(host, key)
+            elif op in ("pin", "unpin"):
+                getattr(p, op)(host, [key])
+            else:
+                p.share(host, key)
+        except PoolError:
+            pass
+        p.check()
+        s = p.stats()
+        assert s["used_bytes"] + s["free_bytes"] == s["capacity_bytes"]
+        for h, hs in s["hosts"].items():
+            assert hs["private_bytes"] <= hs["quota_bytes"]
