@@ -162,3 +162,21 @@ def test_parse_tiers():
     assert parse_tiers("dram:10, cxl:20") == [("dram", 10), ("cxl", 20)]
     with pytest.raises(ConfigError, match="must be unique"):
         parse_tiers("hbm:5")
+
+
+def test_policy_from_an_installed_packages_entry_point(tmp_path, monkeypatch):
+    """A package that declares [project.entry-points."cxlsim.policies"] is found by name."""
+    (tmp_path / "thirdparty_policy.py").write_text(
+        "from cxlsim.policies.fifo import FIFO\nclass TheirFIFO(FIFO):\n    pass\n")
+    dist = tmp_path / "thirdparty_policy-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty-policy\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[cxlsim.policies]\ntheir-fifo = thirdparty_policy:TheirFIFO\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from cxlsim.policies import known_policies
+    assert "their-fifo" in known_policies()
+    cls = policy_class("their-fifo")
+    assert cls.__name__ == "TheirFIFO"
+    arrays = trace_arrays(SAMPLE)
+    assert simulate(arrays, cls(), 500).block_hits == simulate(arrays, "fifo", 500).block_hits
