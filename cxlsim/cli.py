@@ -12,7 +12,7 @@ import sys
 
 from .errors import CxlsimError
 
-COMMANDS = ["mlc", "cachesim"]
+COMMANDS = ["mlc", "cachesim", "replay", "compare", "trace", "pool"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -233,9 +233,11 @@ class ReplayResult:
     occupancy: list = field(default_factory=list)     # per host: [(t ns, bytes per tier...)]
     transfers: dict = field(default_factory=dict)     # resource -> (start ns array, bytes array)
     tier_names: list = field(default_factory=list)
+    link_gbps: dict = field(default_factory=dict)     # link resource -> GB/s (for plots)
 
 
-def run_replay(cfg: ReplayConfig, progress: bool = False, trace: dict | None = None) -> ReplayResult:
+def run_replay(cfg: ReplayConfig, progress: bool = False, trace: dict | None = None,
+               closed_form: bool = True) -> ReplayResult:
     """One replay, in this process (every host of cfg.hosts)."""
     validate(cfg)
     wall0 = time.perf_counter()
@@ -249,8 +251,8 @@ def run_replay(cfg: ReplayConfig, progress: bool = False, trace: dict | None = N
         raise ConfigError(f"{topo.origin}: hosts = {cfg.hosts} but the topology has "
                           f"{len(topo.hosts)} ({', '.join(h.name for h in topo.hosts)})")
     if cfg.hosts > 1:
-        from .serving.multihost import run_multihost
-        return run_multihost(cfg, dep, sched, topo, trace, progress, wall0)
+        raise ConfigError(f"hosts = {cfg.hosts}: multi-host replay (shared CXL pool behind the "
+                          f"quantum barrier) is not implemented yet; run one host")
     if trace is None:
         trace = read_trace(cfg)
     host = topo.hosts[0].name
@@ -265,6 +267,7 @@ def run_replay(cfg: ReplayConfig, progress: bool = False, trace: dict | None = N
     n = len(trace["arrival_ms"])
     log = RequestLog(n, len(tiers))
     server = ServingHost(0, dep, kv, trace, np.arange(n), sched, log)
+    server.closed_form = closed_form
     bar = _progress(n, cfg, progress)
     if bar is not None:
         server.on_finish = lambda rid, now: bar.update(1)
@@ -329,24 +332,30 @@ def _result(cfg, dep, trace, log, servers, kvs, fabric, topo, tiers, wall0,
         summary.update(extra)
     summary["sim_wall_s"] = time.perf_counter() - wall0
     transfers = _transfer_log(kvs, fabric)
+    link_gbps = {f"link {a}->{b}": link.bandwidth_gbps for link in topo.links
+                 if link.bandwidth_gbps for a, b in ((link.a, link.b), (link.b, link.a))}
     return ReplayResult(summary, table, [kv.occupancy for kv in kvs], transfers,
-                        [t.name for t in tiers])
+                        [t.name for t in tiers], link_gbps)
 
 
 def _transfer_log(kvs, fabric) -> dict:
     """Per link resource: (start ns, bytes) of every KV transfer that crossed it."""
     names = {}
-    for (src, dst), info in fabric._route_info.items():
-        rid = fabric._routes[(src, dst)]
-        names[rid] = [r for r in info["resources"] if r.startswith("link ")]
-    out: dict[str, tuple[list, list]] = {}
     for kv in kvs:
-        for t, rid, b in zip(kv.log_t, kv.log_route, kv.log_bytes):
-            for res in names.get(rid, ()):
-                ts, bs = out.setdefault(res, ([], []))
-                ts.append(t)
-                bs.append(b)
-    return {k: (np.array(v[0]), np.array(v[1], np.float64)) for k, v in out.items()}
+        for (src, dst), rid in kv.routes_used().items():
+            names[rid] = [r for r in fabric.route_resources(kv.tiers[src].endpoint,
+                                                            kv.tiers[dst].endpoint)
+                          if r.startswith("link ")]
+    t = np.concatenate([np.asarray(kv.log_t, np.float64) for kv in kvs])
+    route = np.concatenate([np.asarray(kv.log_route, np.int64) for kv in kvs])
+    nbytes = np.concatenate([np.asarray(kv.log_bytes, np.float64) for kv in kvs])
+    parts: dict[str, list] = {}
+    for rid in np.unique(route).tolist():
+        mask = route == rid
+        for res in names.get(rid, ()):
+            parts.setdefault(res, []).append((t[mask], nbytes[mask]))
+    return {res: (np.concatenate([a for a, _ in p]), np.concatenate([b for _, b in p]))
+            for res, p in parts.items()}
 
 
 # ----------------------------------------------------------------------------- outputs

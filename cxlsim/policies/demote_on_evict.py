@@ -1,7 +1,11 @@
 """demote-on-evict: LRU down the hierarchy HBM -> DRAM -> CXL. A victim moves one tier down (the
 copy is made when it is evicted), a hit in a lower tier promotes the block back to HBM, the
-last tier's victims are dropped. The decisions equal `lru`'s; the name is the serving baseline's
-(LMCache-style offload of evicted blocks)."""
+last tier's victims are dropped (LMCache-style offload of evicted blocks).
+
+One difference from `lru`: a block pinned by a running request is in use (attention reads it every
+step), so when the victim scan meets it, it counts as used now and moves to the recent end,
+as vLLM's block manager only queues a block for eviction once no request holds it. Besides
+being the serving semantics, this keeps victim() O(1) amortised when many blocks are pinned."""
 from .lru import LRU
 from .registry import register
 
@@ -13,3 +17,12 @@ class DemoteOnEvict(LRU):
     c_ordering = None
     promote_on_hit = True
     demote_on_evict = True
+
+    def victim(self, tier):
+        order, pinned = self.lists[tier], self.view.pinned
+        for _ in range(len(order)):
+            key = next(iter(order))
+            if key not in pinned:
+                return key
+            order.move_to_end(key)           # in use: as recent as now
+        raise LookupError(f"tier {tier}: every block is pinned")

@@ -3,12 +3,12 @@ tier, demotes cold pages down instead of dropping them, and promotes a slow-tier
 it proves hot. Here: new blocks in tier 0; LRU victims demote one tier down; a block in a lower
 tier is promoted to tier 0 on its `threshold`-th hit there (default 2), its count restarting
 whenever it moves. Until then a serving engine reads it from where it is."""
-from .lru import LRU
+from .demote_on_evict import DemoteOnEvict
 from .registry import register
 
 
 @register("tpp")
-class TPP(LRU):
+class TPP(DemoteOnEvict):
     """LRU per tier, demotion on evict, promotion after `threshold` hits in a lower tier."""
 
     c_ordering = None

@@ -56,6 +56,7 @@ class ServingHost:
         self.bt = int(trace["block_tokens"])
         self.requests = requests                 # this host's trace indices, in arrival order
         self._next = 0
+        self.next_arrival_ns = float("inf")      # the scheduled, not yet handled arrival
         self.waiting: deque[int] = deque()
         self.running: list[Running] = []
         self.in_flight = False
@@ -65,21 +66,20 @@ class ServingHost:
         self.iterations = 0
         self.last_event_ns = 0.0
         self.on_finish = None                    # optional callback(rid, now)
+        self.closed_form = True                  # False: one decode step per event (tests)
 
     # ------------------------------------------------------------------ events
     def start(self) -> None:
         self._schedule_next_arrival()
 
     def _schedule_next_arrival(self) -> None:
+        """Arrivals are scheduled one at a time: the heap stays small."""
+        self.next_arrival_ns = float("inf")
         if self._next < len(self.requests):
             i = int(self.requests[self._next])
             self._next += 1
-            self.loop.schedule(float(self.arrival_ns[i]), ARRIVAL, self._on_arrival, i)
-
-    def _next_arrival_ns(self) -> float:
-        if self._next < len(self.requests):
-            return float(self.arrival_ns[self.requests[self._next]])
-        return float("inf")
+            self.next_arrival_ns = float(self.arrival_ns[i])
+            self.loop.schedule(self.next_arrival_ns, ARRIVAL, self._on_arrival, i)
 
     def _on_arrival(self, now: float, i: int):
         self.waiting.append(i)
@@ -100,7 +100,7 @@ class ServingHost:
         cap = kv.hbm_capacity
         while self.waiting and len(self.running) < self.cfg.max_batch:
             i = self.waiting[0]
-            keys = self.keys[self.offsets[i]:self.offsets[i + 1]].tolist()
+            keys = self.keys[self.offsets[i]:self.offsets[i + 1]]
             n_in, n_out = int(self.n_in[i]), int(self.n_out[i])
             extra = max(0, -(-n_in // bt) - len(keys)) + -(-n_out // bt)
             if (len(keys) + extra) * kv.block_bytes > cap:
@@ -150,8 +150,8 @@ class ServingHost:
         elif decodes:
             n = len(decodes)
             ctx_sum = sum(r.ctx for r in decodes)
-            steps = min(r.out - r.generated for r in decodes)
-            horizon = self._next_arrival_ns()
+            steps = min(r.out - r.generated for r in decodes) if self.closed_form else 1
+            horizon = self.next_arrival_ns
             if not self.cfg.overlap:
                 horizon = min([horizon] + [r.ready_ns for r in self.running if r.left > 0])
             if horizon < now + dep.decode_ns(n, ctx_sum, steps):

@@ -88,6 +88,10 @@ class TieredKV:
                                                         self.tiers[dst].endpoint)
         return rid
 
+    def routes_used(self) -> dict:
+        """(src tier, dst tier) -> fabric route id, for every pair used so far."""
+        return dict(self._routes)
+
     def _transfer(self, items: list[tuple[int, int]], t: float) -> float:
         """Issue (route, bytes) transfers at t in order; latest completion (t if none)."""
         if not items:
@@ -111,18 +115,28 @@ class TieredKV:
         resident = sum(1 for k in keys if k in pinned)
         return (len(keys) - resident + extra_blocks) * self.block_bytes
 
-    def admit(self, keys: list[int], extra_blocks: int, t: float) -> Admission | None:
+    def admit(self, key_array: np.ndarray, extra_blocks: int, t: float) -> Admission | None:
         """Reserve HBM for a request and move its reused blocks in; None if it must wait.
         extra_blocks: scratch blocks besides the keyed prompt blocks (output KV, prompt blocks
         the trace gives no key for). The caller checks that the footprint can ever fit."""
+        keys = key_array.tolist()
         if self.pinned_hbm + self.footprint(keys, extra_blocks) > self.hbm_capacity:
             return None
         store, bb = self.store, self.block_bytes
         tier_of = store.tier_of
         n_tiers = len(self.tiers)
-        before = [tier_of(k) for k in keys]
+        # guard every block of the request (resident or about to be inserted) while others are
+        # evicted to make room; with all of them held, the tier each access hits is the tier
+        # the block was in when the request arrived
+        hold, release = store.hold, store.release
+        for k in keys:
+            hold(k)
+        hit = np.empty(len(keys), np.int8)
+        store.access_many(key_array, bb, hit)
+        store.flush()
+        before = hit.tolist()
         prefix = 0
-        while prefix < len(keys) and before[prefix] >= 0:
+        while prefix < len(before) and before[prefix] >= 0:
             prefix += 1
         tier_hits = [0] * n_tiers
         block_hits = [0] * n_tiers
@@ -131,19 +145,6 @@ class TieredKV:
                 block_hits[tb] += 1
                 if i < prefix:
                     tier_hits[tb] += 1
-        # guard every resident block of the request while others are evicted to make room
-        held = [k for k, tb in zip(keys, before) if tb >= 0]
-        for k in held:
-            store.hold(k)
-        access, hold = store.access, store.hold
-        parent = None
-        for pos, k in enumerate(keys):
-            hit = access(k, bb, pos, parent)
-            if hit < 0 and tier_of(k) >= 0:
-                hold(k)
-                held.append(k)
-            parent = k
-        store.flush()
         # every move the policy made, charged in order
         items = []
         wt = self.write_through
@@ -172,8 +173,8 @@ class TieredKV:
                 loaded += bb
             elif tier > 0:                                # computed here, kept in a lower tier
                 adm.writes.append((self.route(0, tier), bb))
-        for k in held:
-            store.release(k)
+        for k in keys:
+            release(k)
         for _ in range(scratch_needed):
             k = self._scratch_key()
             if not store.insert(k, 0, bb):

@@ -92,7 +92,8 @@ def fabric_summary(stats, span_ns: float, memory_kind: dict) -> dict:
         kind, _, name = s.name.partition(" ")
         moved[s.name] = int(s.bytes)
         if kind == "link":
-            util[s.name] = s.busy_ns / span_ns if span_ns > 0 else 0.0
+            if s.busy_ns > 0:                  # links without a bandwidth are never busy
+                util[s.name] = s.busy_ns / span_ns if span_ns > 0 else 0.0
             energy["links"] += s.energy_pj * 1e-12
         else:
             mk = memory_kind.get(name, "other")

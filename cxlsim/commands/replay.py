@@ -1,0 +1,110 @@
+"""`cxlsim replay`: replay a serving trace through the serving model and write DIR/summary.json,
+DIR/requests.csv and plots."""
+from __future__ import annotations
+
+import json
+
+from ..errors import ConfigError
+from ..hardware import known_accelerators, known_models
+from ..policies import known_policies
+from ..replay import ReplayConfig, load_config, run_replay, validate, write_outputs
+
+#: CLI flag -> ReplayConfig field, for flags that override a config file
+OVERRIDES = ("model", "accel", "topology", "policy", "tp", "dram_gib", "cxl_gib", "hosts",
+             "assign", "quantum_us", "token_budget", "max_batch", "mfu", "mbu", "reserve",
+             "idle_power_fraction", "format", "block_tokens", "prefix_model", "max_requests",
+             "sample_ms", "label")
+
+
+def add_config_args(p, trace_optional: bool = True) -> None:
+    """Arguments shared by replay and compare: every ReplayConfig field."""
+    p.add_argument("trace", nargs="?" if trace_optional else None,
+                   help="trace file (Mooncake JSONL, Azure CSV, token-id JSONL)")
+    p.add_argument("--config", "-c", help="TOML file with a [replay] table (flags override it)")
+    p.add_argument("--model", "-m", help=f"model preset or FILE.toml[:NAME] ({', '.join(known_models())})")
+    p.add_argument("--accel", "-a", help=f"accelerator preset or FILE.toml[:NAME] ({', '.join(known_accelerators())})")
+    p.add_argument("--topology", "-t", help="topology preset or TOML path (default kv-tiered)")
+    p.add_argument("--tp", type=int, help="accelerators per host (default: weights take <= half the usable HBM)")
+    p.add_argument("--dram-gib", type=float, help="KV capacity in host DRAM, GiB (default: the whole memory; 0: no DRAM tier)")
+    p.add_argument("--cxl-gib", type=float, help="KV capacity in the CXL pool, GiB (default: all its devices; 0: no CXL tier)")
+    p.add_argument("--hosts", type=int, help="serving hosts (multi-host shares the CXL pool)")
+    p.add_argument("--assign", help="request-to-host rule: round-robin, session, prefix")
+    p.add_argument("--quantum-us", type=float, help="pool barrier quantum in us (multi-host)")
+    p.add_argument("--token-budget", type=int, help="tokens per iteration (chunked prefill)")
+    p.add_argument("--max-batch", type=int, help="running requests per host")
+    p.add_argument("--no-overlap", action="store_true", help="load reused KV before computing (no layer-wise overlap)")
+    p.add_argument("--mfu", type=float, help="model FLOPs utilisation [assumption, default 0.5]")
+    p.add_argument("--mbu", type=float, help="HBM bandwidth utilisation [assumption, default 0.8]")
+    p.add_argument("--reserve", type=float, help="share of HBM kept for activations (default 0.1)")
+    p.add_argument("--idle-power-fraction", type=float, help="idle share of board power [assumption, default 0.1]")
+    p.add_argument("--format", help="trace format: auto, mooncake, azure, token_ids")
+    p.add_argument("--block-tokens", type=int, help="tokens per KV block (token-id traces; Mooncake is 512)")
+    p.add_argument("--prefix-model", help="Azure traces: none or shared-system-prompt:N")
+    p.add_argument("--max-requests", type=int, help="replay only the first N requests")
+    p.add_argument("--sample-ms", type=float, help="tier-occupancy sampling period (plots)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(args, **extra) -> ReplayConfig:
+    cfg = load_config(args.config) if args.config else ReplayConfig()
+    values = {k: getattr(args, k, None) for k in OVERRIDES}
+    values.update(extra)
+    if args.trace:
+        values["trace"] = args.trace
+    if getattr(args, "no_overlap", False):
+        values["overlap"] = False
+    cfg = cfg.with_overrides(**values)
+    validate(cfg, args.config or "command line")
+    return cfg
+
+
+def add_parser(sub):
+    p = sub.add_parser("replay", help="replay a serving trace: TTFT, TPOT, throughput, energy",
+                       description="Replays a trace through continuous batching on a model and "
+                       "accelerator with HBM, host DRAM and CXL KV tiers (docs/replay.md). "
+                       f"Policies: {', '.join(known_policies())}.")
+    add_config_args(p)
+    p.add_argument("--policy", "-p", help="KV placement policy (default demote-on-evict)")
+    p.add_argument("--label", help="name of this run in tables and plots")
+    p.add_argument("--out", "-o", help="output folder (summary.json, requests.csv, plots)")
+    p.add_argument("--no-plots", action="store_true", help="skip plots")
+    p.add_argument("--json", action="store_true", help="print summary.json to stdout")
+    return p
+
+
+def headline(s: dict) -> str:
+    t, p, h = s["ttft_ms"], s["tpot_ms"], s["hit_ratio"]
+    tiers = ", ".join(f"{k} {v:.1%}" for k, v in h["per_tier"].items())
+    return (f"{s['requests']['completed']}/{s['requests']['total']} requests; "
+            f"TTFT p50 {_ms(t['p50'])} p99 {_ms(t['p99'])}; TPOT p50 {_ms(p['p50'])}; "
+            f"{s['throughput_tokens_per_s']:.0f} tok/s; hits {tiers}; "
+            f"prefill saved {h['prefix_tokens']:.1%}; {s['energy_j']['total'] / 1e3:.1f} kJ, "
+            f"{s['tokens_per_joule']:.3f} tok/J; wall {s['sim_wall_s']:.2f} s")
+
+
+def _ms(v) -> str:
+    if v is None:
+        return "-"
+    return f"{v / 1e3:.2f} s" if v >= 1e4 else f"{v:.1f} ms"
+
+
+def run(args) -> int:
+    cfg = config_from_args(args)
+    if not cfg.trace:
+        raise ConfigError("no trace: give TRACE or a config with [replay] trace")
+    result = run_replay(cfg, progress=not args.no_progress)
+    notes = []
+    if args.out:
+        notes = write_outputs(result, args.out, plots=not args.no_plots)
+    if args.json:
+        from ..replay import _json_safe
+        print(json.dumps(_json_safe(result.summary), indent=2))
+    else:
+        print(f"{cfg.trace}: {cfg.model} on {result.summary['deployment']['tp']} x {cfg.accel}, "
+              f"policy {cfg.policy}")
+        print("  " + headline(result.summary))
+        if args.out:
+            print(f"  wrote {args.out}/summary.json, {args.out}/requests.csv")
+    for note in notes:
+        print("  " + note)
+    return 0
