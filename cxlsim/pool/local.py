@@ -447,6 +447,7 @@ class LocalPool:
             "shared_bytes": self._shared_bytes, "private_bytes": self._used - self._shared_bytes,
             "pinned_shared_bytes": self._pinned_shared_bytes,
             "blocks": len(self._blocks), "index_blocks": len(self.index),
+            "index_used_bytes": self.index.tier_stats(0).used_bytes,
             "evictions": self._evictions, "extent_bytes": self.extent_bytes,
             "extents_total": self.extents_total,
             "extents_granted": sum(h.extents for h in self._hosts.values()),

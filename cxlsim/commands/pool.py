@@ -1,0 +1,97 @@
+"""`cxlsim pool`: serve a shared CXL pool to host processes (serve), make CURVE keys (keygen)."""
+from __future__ import annotations
+
+import os
+import sys
+
+from ..errors import ConfigError
+
+
+def add_parser(sub):
+    p = sub.add_parser("pool", help="serve a CXL memory pool shared by host processes (ZeroMQ)",
+                       description="A pool server owns the pool's capacity, block index and "
+                       "coherence directory; hosts use cxlsim.pool.PoolClient. docs/multihost.md")
+    psub = p.add_subparsers(dest="pool_command", metavar="ACTION", required=True)
+    s = psub.add_parser("serve", help="run a pool server until SIGINT/SIGTERM")
+    s.add_argument("--bind", default="tcp://127.0.0.1:5701",
+                   help="ZeroMQ endpoint (tcp://ADDR:PORT, PORT may be *, or ipc://PATH); "
+                   "non-loopback addresses need --curve-secret-key or --insecure")
+    cap = s.add_mutually_exclusive_group()
+    cap.add_argument("--capacity-gib", type=float, default=None, help="pool capacity (default 4)")
+    cap.add_argument("--capacity-bytes", type=int, default=None, help="pool capacity in bytes")
+    s.add_argument("--extent-mib", type=float, default=256.0,
+                   help="dynamic-capacity extent size: quotas are whole extents (default 256)")
+    s.add_argument("--quantum-ns", type=float, default=1_000_000.0,
+                   help="virtual-time quantum of the replay barrier (default 1e6)")
+    s.add_argument("--topology", help="topology preset or TOML for coherence costs")
+    s.add_argument("--memory", help="the pool's memory (or interleave) in the topology")
+    s.add_argument("--heartbeat-timeout-s", type=float, default=10.0,
+                   help="detach a host silent this long (default 10)")
+    s.add_argument("--curve-secret-key", help="file with the server's CURVE secret key (z85), "
+                   "from `cxlsim pool keygen`")
+    s.add_argument("--insecure", action="store_true",
+                   help="allow a non-loopback bind without CURVE (anyone who reaches it is served)")
+    s.add_argument("--max-frame-bytes", type=int, default=64 << 20,
+                   help="largest frame accepted (default 64 MiB)")
+    k = psub.add_parser("keygen", help="write a CURVE key pair: DIR/pool.secret and DIR/pool.public")
+    k.add_argument("dir", help="directory for the key files (created)")
+    return p
+
+
+def read_key(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            key = f.read().strip()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read key file ({exc.strerror})") from None
+    if len(key) != 40:
+        raise ConfigError(f"{path}: a CURVE key is 40 z85 characters, got {len(key)}")
+    return key
+
+
+def _keygen(directory: str) -> int:
+    import zmq
+    os.makedirs(directory, exist_ok=True)
+    public, secret = zmq.curve_keypair()
+    secret_path = os.path.join(directory, "pool.secret")
+    fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secret + b"\n")
+    with open(os.path.join(directory, "pool.public"), "wb") as f:
+        f.write(public + b"\n")
+    print(f"wrote {secret_path} (keep it on the server) and "
+          f"{os.path.join(directory, 'pool.public')} (give it to hosts)")
+    return 0
+
+
+def _serve(args) -> int:
+    from ..pool.local import LocalPool
+    from ..pool.server import run_server
+    if args.capacity_bytes is not None:
+        capacity = args.capacity_bytes
+    else:
+        capacity = int((args.capacity_gib if args.capacity_gib is not None else 4.0) * (1 << 30))
+    fabric = None
+    if args.topology or args.memory:
+        if not (args.topology and args.memory):
+            raise ConfigError("--topology and --memory go together (coherence costs need both)")
+        from ..fabric import Fabric
+        from ..topology import load_topology
+        fabric = Fabric(load_topology(args.topology))
+    if args.max_frame_bytes < 1024:
+        raise ConfigError(f"--max-frame-bytes must be >= 1024, got {args.max_frame_bytes}")
+    secret = read_key(args.curve_secret_key) if args.curve_secret_key else None
+    pool = LocalPool(capacity, quantum_ns=args.quantum_ns, fabric=fabric, memory=args.memory,
+                     extent_bytes=int(args.extent_mib * (1 << 20)))
+
+    def ready(line):
+        print(line, flush=True)
+    return run_server(pool, args.bind, ready=ready, heartbeat_timeout_s=args.heartbeat_timeout_s,
+                      curve_secret_key=secret, insecure=args.insecure,
+                      max_frame_bytes=args.max_frame_bytes, log=sys.stderr)
+
+
+def run(args) -> int:
+    if args.pool_command == "keygen":
+        return _keygen(args.dir)
+    return _serve(args)

@@ -1,0 +1,327 @@
+"""PoolClient: one host's handle on a pool server, with the same methods as LocalPool.
+
+Every request has a deadline (`timeout_s`). No reply in time means the server is down, restarted
+or unreachable (or, with CURVE, this client has the wrong server key): PoolError says so, and the
+socket is rebuilt (same identity) so a late reply cannot be mistaken for the next one's. Replies
+carry the request id; stale ones are dropped.
+
+`exchange` may legitimately wait for slower hosts: while waiting it sends heartbeats, and each
+answer (which lists the hosts that have handed in) restarts the deadline; only a silent server
+ends the wait.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import zmq
+
+from ..errors import PoolError, ProtocolError
+from . import protocol as P
+from .api import PoolDelta, PoolOp
+from .local import as_bytes
+from .shm import DEFAULT_WINDOW_BYTES, ShmWindow
+
+
+def _buffer(data):
+    """Bytes-like view of block data without copying it (numpy: C-contiguous bytes)."""
+    if isinstance(data, bytes):
+        return data
+    if isinstance(data, np.ndarray):
+        return memoryview(np.ascontiguousarray(data)).cast("B")
+    try:
+        return memoryview(data).cast("B")
+    except TypeError:
+        return as_bytes(data)     # raises the clear error for non-buffers
+
+
+class PoolClient:
+    def __init__(self, endpoint: str, host_id: int, timeout_s: float = 5.0,
+                 server_public_key: bytes | None = None, use_shm: bool | str = "auto",
+                 shm_bytes: int = DEFAULT_WINDOW_BYTES, heartbeat_s: float = 1.0):
+        self.endpoint = endpoint
+        self.host_id = host_id
+        self.timeout_s = float(timeout_s)
+        self.heartbeat_s = heartbeat_s
+        self._server_key = server_public_key
+        self._identity = b"cxlsim-host-" + os.urandom(12)
+        self._ctx = zmq.Context()
+        self._sock = None
+        self._seq = 0
+        self._connect()
+        self.window = None
+        if use_shm == "auto":
+            # shared memory only helps (and only works) on the server's machine
+            use_shm = endpoint.startswith("ipc://") or P_is_local(endpoint)
+        self._want_shm = bool(use_shm)
+        self._shm_bytes = shm_bytes
+        info = self._call("sync", {})
+        self.quantum_ns = info["quantum_ns"]
+        self.server_info = info
+
+    # ------------------------------------------------------------------ transport
+    def _connect(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.routing_id = self._identity
+        if self._server_key is not None:
+            sock.curve_serverkey = self._server_key
+            sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+        sock.connect(self.endpoint)
+        self._sock = sock
+
+    def _send(self, cmd: str, args: dict, frames=()) -> int:
+        self._seq += 1
+        self._sock.send_multipart([P.encode_request(self._seq, cmd, args), *frames], copy=False)
+        return self._seq
+
+    def _timeout(self, cmd: str) -> PoolError:
+        self._connect()      # drop whatever might still arrive for the old request
+        return PoolError(f"pool server {self.endpoint}: no reply to {cmd} within "
+                         f"{self.timeout_s:g} s (server down, restarted or unreachable"
+                         f"{'; or a wrong server public key' if self._server_key else ''})")
+
+    def _recv(self, want_id: int, deadline: float, cmd: str, others=None):
+        """Reply to request want_id, or None at the deadline. Replies to other requests go to
+        `others(msg)` when given, else are dropped (stale replies of timed-out requests)."""
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            if not self._sock.poll(int(left * 1000) + 1):
+                continue
+            frames = self._sock.recv_multipart(copy=False)
+            try:
+                msg = P.decode_reply(frames[0].buffer)
+            except ProtocolError as exc:
+                raise PoolError(f"pool server {self.endpoint}: bad reply to {cmd}: {exc}") from None
+            if msg.get("id") != want_id:
+                if others is not None:
+                    others(msg)
+                continue
+            if not msg["ok"]:
+                err = msg["error"]
+                raise PoolError(f"pool server {self.endpoint}: {cmd} refused "
+                                f"[{err['code']}]: {err['message']}")
+            return msg.get("result"), frames[1:]
+
+    def _call(self, cmd: str, args: dict, frames=()):
+        return self._call_frames(cmd, args, frames)[0]
+
+    def _call_frames(self, cmd: str, args: dict, frames=()):
+        req = self._send(cmd, args, frames)
+        got = self._recv(req, time.monotonic() + self.timeout_s, cmd)
+        if got is None:
+            raise self._timeout(cmd)
+        return got
+
+    def _me(self, host: int) -> None:
+        if host != self.host_id:
+            raise PoolError(f"this client is host {self.host_id}, not host {host}")
+
+    @staticmethod
+    def _raise_items(cmd: str, keys, errors) -> None:
+        bad = [(k, e) for k, e in zip(keys, errors) if e is not None]
+        if bad:
+            raise PoolError(f"{cmd}: {len(bad)} of {len(keys)} refused; first: {bad[0][1]}")
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+        if self.window is not None:
+            self.window.close()
+            self.window = None
+        self._ctx.term()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------------ membership
+    def attach(self, host: int, quota_bytes: int = 0) -> None:
+        self._me(host)
+        name = None
+        if self._want_shm and self.window is None:
+            self.window = ShmWindow.create(self._shm_bytes)
+        if self.window is not None:
+            name = self.window.name
+        try:
+            info = self._call("attach", {"host": host, "quota": int(quota_bytes), "shm": name})
+        except PoolError as exc:
+            if self.window is not None and "cannot be opened here" in str(exc):
+                self.window.close()      # server on another machine: sockets only
+                self.window = None
+                info = self._call("attach", {"host": host, "quota": int(quota_bytes),
+                                             "shm": None})
+            else:
+                raise
+        self.quantum_ns = info["quantum_ns"]
+        self.server_info = info
+
+    def resize(self, host: int, quota_bytes: int) -> None:
+        self._me(host)
+        self._call("resize", {"quota": int(quota_bytes)})
+
+    def detach(self, host: int) -> None:
+        self._me(host)
+        self._call("detach", {})
+
+    def heartbeat(self, host: int) -> None:
+        self._me(host)
+        self._call("heartbeat", {})
+
+    def sync(self) -> dict:
+        """Server time base: current quantum, quantum_ns, capacity (no attach needed)."""
+        return self._call("sync", {})
+
+    # ------------------------------------------------------------------ data path
+    def put(self, host: int, key: int, data, shared: bool = False) -> None:
+        self.put_many(host, [(key, data)], shared)
+
+    def put_many(self, host: int, items, shared: bool = False, raise_on_error: bool = True
+                 ) -> list[str | None]:
+        """One round trip per window-full (or per batch over sockets). Per item None or the
+        reason it was refused; raises PoolError if any was refused unless raise_on_error=False."""
+        self._me(host)
+        items = [(int(k), _buffer(d)) for k, d in items]
+        out: list[str | None] = []
+        for chunk, use_window in self._chunks(items):
+            keys = [k for k, _ in chunk]
+            if use_window:
+                places, off = [], 0
+                for _, buf in chunk:
+                    n = len(buf)
+                    self.window.buf[off:off + n] = buf
+                    places.append([off, n])
+                    off += n
+                out += self._call("put", {"keys": keys, "shared": bool(shared), "shm": places})
+            else:
+                out += self._call("put", {"keys": keys, "shared": bool(shared), "shm": None},
+                                  [buf for _, buf in chunk])
+        if raise_on_error:
+            self._raise_items("put", [k for k, _ in items], out)
+        return out
+
+    def _chunks(self, items):
+        """Split a batch so each request fits the window, or the frame limits of sockets."""
+        limit = self.window.size if self.window is not None else \
+            self.server_info.get("max_frame_bytes", P.DEFAULT_MAX_FRAME_BYTES)
+        chunk, size = [], 0
+        for item in items:
+            n = len(item[1])
+            fits_window = self.window is not None and n <= self.window.size
+            if chunk and (size + n > limit or len(chunk) == P.MAX_BATCH
+                          or fits_window != chunk_window):
+                yield chunk, chunk_window
+                chunk, size = [], 0
+            if not chunk:
+                chunk_window = fits_window
+            chunk.append(item)
+            size += n
+        if chunk:
+            yield chunk, chunk_window
+
+    def alloc(self, host: int, key: int, nbytes: int, shared: bool = False) -> None:
+        self._me(host)
+        out = self._call("alloc", {"keys": [int(key)], "sizes": [int(nbytes)],
+                                   "shared": bool(shared)})
+        self._raise_items("alloc", [key], out)
+
+    def get(self, host: int, key: int) -> bytes:
+        return self.get_many(host, [key])[0]
+
+    def get_many(self, host: int, keys) -> list[bytes]:
+        self._me(host)
+        keys = [int(k) for k in keys]
+        out = []
+        for i in range(0, max(len(keys), 1), P.MAX_BATCH):
+            part = keys[i:i + P.MAX_BATCH]
+            if not part:
+                break
+            use_shm = self.window is not None
+            result, frames = self._call_frames("get", {"keys": part, "shm": use_shm})
+            if not use_shm:
+                out += [f.bytes for f in frames]
+                continue
+            frames = iter(frames)
+            for off, n in result:
+                out.append(next(frames).bytes if off < 0 else
+                           self.window.buf[off:off + n].tobytes())
+        return out
+
+    def free(self, host: int, key: int) -> None:
+        self.free_many(host, [key])
+
+    def free_many(self, host: int, keys, raise_on_error: bool = True) -> list[str | None]:
+        self._me(host)
+        keys = [int(k) for k in keys]
+        out = self._call("free", {"keys": keys})
+        if raise_on_error:
+            self._raise_items("free", keys, out)
+        return out
+
+    def share(self, host: int, key: int) -> None:
+        self._me(host)
+        self._raise_items("share", [key], self._call("share", {"keys": [int(key)]}))
+
+    def lookup(self, host: int, keys) -> int:
+        self._me(host)
+        return self._call("lookup", {"keys": [int(k) for k in keys]})
+
+    def pin(self, host: int, keys) -> None:
+        self._me(host)
+        self._call("pin", {"keys": [int(k) for k in keys]})
+
+    def unpin(self, host: int, keys) -> None:
+        self._me(host)
+        self._call("unpin", {"keys": [int(k) for k in keys]})
+
+    def stats(self) -> dict:
+        return self._call("stats", {})
+
+    # ------------------------------------------------------------------ replay path
+    def exchange(self, host: int, quantum: int, ops: list[PoolOp]) -> PoolDelta:
+        """Hand in this host's ops for `quantum`; blocks until every attached host has."""
+        self._me(host)
+        for op in ops:
+            if op.host != host:
+                raise PoolError(f"op {op} belongs to host {op.host}, not to this host {host}")
+        wire = [[float(o.t_ns), int(o.seq), o.kind, int(o.key), int(o.nbytes), bool(o.shared)]
+                for o in ops]
+        req = self._send("exchange", {"quantum": int(quantum), "ops": wire})
+        deadline = time.monotonic() + self.timeout_s
+        alive = []
+        hb_out = False
+        while True:
+            got = self._recv(req, min(deadline, time.monotonic() + self.heartbeat_s),
+                             f"exchange of quantum {quantum}", others=alive.append)
+            if got is not None:
+                result = got[0]
+                break
+            if any(m.get("ok") for m in alive):
+                deadline = time.monotonic() + self.timeout_s   # the server answers: keep waiting
+                hb_out = False
+            alive.clear()
+            if time.monotonic() >= deadline:
+                raise self._timeout(f"exchange of quantum {quantum}")
+            if not hb_out:      # also keeps this host from being reaped while it waits
+                self._send("heartbeat", {})
+                hb_out = True
+        return delta_from_wire(result)
+
+
+def delta_from_wire(d: dict) -> PoolDelta:
+    return PoolDelta(d["quantum"], tuple(d["added"]), tuple(d["removed"]),
+                     tuple(tuple(r) for r in d["rejected"]), d["used_bytes"], d["capacity_bytes"],
+                     tuple((h, ns) for h, ns in d["coherence_ns"]))
+
+
+def P_is_local(endpoint: str) -> bool:
+    from .server import is_loopback_endpoint
+    return is_loopback_endpoint(endpoint)

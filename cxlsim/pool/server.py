@@ -1,0 +1,347 @@
+"""The pool server: a ZeroMQ ROUTER in front of one LocalPool.
+
+One thread, one loop: poll with a short timeout, decode and check each request (protocol.py),
+apply it to the pool, reply. A bad frame gets an error reply and changes nothing; an unexpected
+exception is a server bug, answered with an `internal` error while the server keeps serving.
+
+Connections are bound to hosts at attach: the host of every later request is the one its
+connection attached as, so a client cannot act for another host. Any request refreshes its host's
+heartbeat; a host silent for `heartbeat_timeout_s` is detached as if it had left (its private
+blocks and pins freed, shared blocks others reference kept) and the quantum barrier goes on
+without it.
+"""
+from __future__ import annotations
+
+import ipaddress
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import zmq
+
+from ..errors import PoolError, ProtocolError
+from . import protocol as P
+from .api import PoolOp
+from .local import LocalPool
+from .shm import ShmWindow
+
+POLL_MS = 50
+
+
+def is_loopback_endpoint(endpoint: str) -> bool:
+    """ipc:// and inproc:// stay on this machine; tcp:// must name a loopback address."""
+    if endpoint.startswith(("ipc://", "inproc://")):
+        return True
+    if not endpoint.startswith("tcp://"):
+        return False
+    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:          # '*', interface names, host names: not provably loopback
+        return False
+
+
+def check_bind(endpoint: str, curve: bool, insecure: bool) -> None:
+    if not is_loopback_endpoint(endpoint) and not curve and not insecure:
+        raise PoolError(f"refusing to bind {endpoint}: not a loopback address. Give CurveZMQ "
+                        f"keys (--curve-secret-key, see `cxlsim pool keygen`) or pass --insecure "
+                        f"to serve unauthenticated on the network")
+
+
+@dataclass
+class _Conn:
+    host: int
+    last_seen: float
+    window: ShmWindow | None = None
+
+
+class PoolServer:
+    def __init__(self, pool: LocalPool, bind: str, heartbeat_timeout_s: float = 10.0,
+                 curve_secret_key: bytes | None = None, insecure: bool = False,
+                 max_frame_bytes: int = P.DEFAULT_MAX_FRAME_BYTES, log=sys.stderr):
+        check_bind(bind, curve_secret_key is not None, insecure)
+        if not heartbeat_timeout_s > 0:
+            raise PoolError(f"heartbeat timeout must be > 0 s, got {heartbeat_timeout_s}")
+        self.pool = pool
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self.max_frame_bytes = max_frame_bytes
+        self.log = log
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.linger = 0
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)   # a client's new socket takes its identity
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # replies to vanished peers are dropped
+        # hard cap in libzmq: a peer sending a far larger message is disconnected, not buffered
+        self.sock.setsockopt(zmq.MAXMSGSIZE, 2 * max_frame_bytes + P.MAX_HEADER_BYTES)
+        if curve_secret_key is not None:
+            self.sock.curve_secretkey = curve_secret_key
+            self.sock.curve_publickey = zmq.curve_public(curve_secret_key)
+            self.sock.curve_server = True
+        self.sock.bind(bind)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._conns: dict[bytes, _Conn] = {}     # identity -> attached host
+        self._by_host: dict[int, bytes] = {}
+        self._waiting: dict[int, int] = {}       # host -> id of its pending exchange request
+        self._stop = False
+        self.served = 0
+        self.errors = 0
+
+    # ------------------------------------------------------------------ loop
+    def stop(self, *_):
+        self._stop = True
+
+    def serve(self, duration_s: float | None = None) -> None:
+        end = None if duration_s is None else time.monotonic() + duration_s
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        while not self._stop and (end is None or time.monotonic() < end):
+            if poller.poll(POLL_MS):
+                # drain what is queued, but keep reaping even under a flood
+                for _ in range(256):
+                    try:
+                        msg = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._handle(msg[0].bytes, msg[1:])
+            self._reap()
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            if conn.window is not None:
+                conn.window.close()
+        self._conns.clear()
+        self.sock.close(0)
+        self.ctx.term()
+
+    # ------------------------------------------------------------------ replies
+    def _send(self, ident: bytes, header: bytes, frames=()) -> None:
+        try:
+            self.sock.send_multipart([ident, header, *frames], copy=False)
+        except zmq.ZMQError as exc:   # peer gone: nothing to tell it
+            print(f"cxlsim pool: reply to a vanished client dropped ({exc})", file=self.log)
+
+    def _error(self, ident: bytes, req_id, code: str, message: str) -> None:
+        self.errors += 1
+        self._send(ident, P.encode_error(req_id, code, message))
+
+    # ------------------------------------------------------------------ requests
+    def _handle(self, ident: bytes, frames: list) -> None:
+        try:
+            req_id, cmd, args, data = P.decode_request([f.buffer for f in frames],
+                                                       self.max_frame_bytes)
+        except ProtocolError as exc:
+            req_id = getattr(exc, "req_id", None)
+            # a readable id means the frame was msgpack and the fault is in its fields
+            code = getattr(exc, "code", None) or (P.E_FRAME if req_id is None else P.E_ARGS)
+            self._error(ident, req_id, code, str(exc))
+            return
+        conn = self._conns.get(ident)
+        if conn is not None:
+            conn.last_seen = time.monotonic()
+        try:
+            if cmd == "sync":
+                self._send(ident, P.encode_reply(req_id, self._sync()))
+                return
+            if cmd == "attach":
+                self._attach(ident, req_id, args)
+                return
+            if conn is None:
+                self._error(ident, req_id, P.E_ATTACH, f"{cmd}: this connection is not attached "
+                            f"to a host (attach first; if it was attached, the server restarted "
+                            f"or detached it after a heartbeat timeout)")
+                return
+            handler = getattr(self, f"_cmd_{cmd}")
+            out = handler(ident, conn, req_id, args, data)
+            if out is not None:
+                result, reply_frames = out
+                self._send(ident, P.encode_reply(req_id, result), reply_frames)
+            self.served += 1
+        except PoolError as exc:
+            self._error(ident, req_id, P.E_REFUSED, str(exc))
+        except Exception as exc:    # a bug: say so, keep serving the others
+            print(f"cxlsim pool: internal error on {cmd}: {exc!r}", file=self.log)
+            self._error(ident, req_id, P.E_INTERNAL, f"{cmd}: internal server error: {exc!r}")
+
+    def _sync(self) -> dict:
+        return {"quantum": self.pool.quantum, "quantum_ns": self.pool.quantum_ns,
+                "capacity_bytes": self.pool.capacity_bytes,
+                "extent_bytes": self.pool.extent_bytes, "version": P.VERSION,
+                "max_frame_bytes": self.max_frame_bytes,
+                "heartbeat_timeout_s": self.heartbeat_timeout_s}
+
+    def _attach(self, ident: bytes, req_id: int, args: dict) -> None:
+        host = args["host"]
+        if ident in self._conns:
+            raise PoolError(f"this connection is already attached as host "
+                            f"{self._conns[ident].host}")
+        window = ShmWindow.open(args["shm"]) if args["shm"] is not None else None
+        try:
+            self.pool.attach(host, args["quota"])   # refuses a host id already attached
+        except PoolError:
+            if window is not None:
+                window.close(unlink=False)
+            raise
+        self._conns[ident] = _Conn(host, time.monotonic(), window)
+        self._by_host[host] = ident
+        print(f"cxlsim pool: host {host} attached (quota {args['quota']} B, "
+              f"shm {'yes' if window else 'no'})", file=self.log)
+        self._send(ident, P.encode_reply(req_id, self._sync()))
+
+    def _drop_host(self, ident: bytes, reason: str) -> None:
+        conn = self._conns.pop(ident)
+        self._by_host.pop(conn.host, None)
+        self._waiting.pop(conn.host, None)
+        self.pool.detach(conn.host)
+        if conn.window is not None:
+            # a dead host cannot remove its window any more; a detaching one already may have
+            conn.window.close(unlink=reason != "detached")
+        s = self.pool.stats()
+        print(f"cxlsim pool: host {conn.host} {reason}; pool used {s['used_bytes']} B + free "
+              f"{s['free_bytes']} B = {s['capacity_bytes']} B", file=self.log)
+        self._complete_barrier()
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for ident, conn in list(self._conns.items()):
+            if now - conn.last_seen > self.heartbeat_timeout_s:
+                self._drop_host(ident, f"missed heartbeats for {self.heartbeat_timeout_s} s: "
+                                       f"detached, its private blocks and pins freed")
+
+    def _complete_barrier(self) -> None:
+        delta = self.pool.try_complete()
+        if delta is not None:
+            self._release(delta)
+
+    def _release(self, delta) -> None:
+        result = _delta_to_wire(delta)
+        header_cache = {}
+        for host, req_id in sorted(self._waiting.items()):
+            ident = self._by_host.get(host)
+            if ident is None:
+                continue
+            header = header_cache.get(req_id) or P.encode_reply(req_id, result)
+            header_cache[req_id] = header
+            self._send(ident, header)
+        self._waiting.clear()
+
+    # ------------------------------------------------------------------ commands
+    # Each returns (result, data frames) to reply now, or None when the reply comes later.
+    def _cmd_heartbeat(self, ident, conn, req_id, args, data):
+        return {"quantum": self.pool.quantum, "waiting": self.pool.waiting}, ()
+
+    def _cmd_detach(self, ident, conn, req_id, args, data):
+        self._drop_host(ident, "detached")
+        return None, ()
+
+    def _cmd_resize(self, ident, conn, req_id, args, data):
+        self.pool.resize(conn.host, args["quota"])
+        return None, ()
+
+    def _cmd_stats(self, ident, conn, req_id, args, data):
+        return self.pool.stats(), ()
+
+    def _cmd_alloc(self, ident, conn, req_id, args, data):
+        out = []
+        for key, size in zip(args["keys"], args["sizes"]):
+            try:
+                self.pool.alloc(conn.host, key, size, args["shared"])
+                out.append(None)
+            except PoolError as exc:
+                out.append(str(exc))
+        return out, ()
+
+    def _cmd_put(self, ident, conn, req_id, args, data):
+        if args["shm"] is not None:
+            win = conn.window
+            if win is None:
+                raise PoolError("put: this host attached without a shm window")
+            for off, n in args["shm"]:
+                if off + n > win.size:
+                    raise PoolError(f"put: [{off}, {off + n}) is outside the {win.size} B window")
+            # copy out of the window now: the host reuses it for its next request
+            blobs = [win.buf[off:off + n].tobytes() for off, n in args["shm"]]
+        else:
+            blobs = [bytes(f) for f in data]   # data frames arrive as memoryviews
+        return self.pool.put_many(conn.host, zip(args["keys"], blobs), args["shared"]), ()
+
+    def _cmd_get(self, ident, conn, req_id, args, data):
+        blobs = self.pool.get_many(conn.host, args["keys"])
+        if not args["shm"]:
+            return None, blobs
+        win = conn.window
+        if win is None:
+            raise PoolError("get: this host attached without a shm window")
+        places, frames, off = [], [], 0
+        for blob in blobs:       # what fits goes through the window, the rest as frames
+            if off + len(blob) <= win.size:
+                win.buf[off:off + len(blob)] = blob
+                places.append([off, len(blob)])
+                off += len(blob)
+            else:
+                places.append([-1, len(blob)])
+                frames.append(blob)
+        return places, frames
+
+    def _cmd_free(self, ident, conn, req_id, args, data):
+        return self.pool.free_many(conn.host, args["keys"]), ()
+
+    def _cmd_share(self, ident, conn, req_id, args, data):
+        out = []
+        for key in args["keys"]:
+            try:
+                self.pool.share(conn.host, key)
+                out.append(None)
+            except PoolError as exc:
+                out.append(str(exc))
+        return out, ()
+
+    def _cmd_lookup(self, ident, conn, req_id, args, data):
+        return self.pool.lookup(conn.host, args["keys"]), ()
+
+    def _cmd_pin(self, ident, conn, req_id, args, data):
+        self.pool.pin(conn.host, args["keys"])
+        return None, ()
+
+    def _cmd_unpin(self, ident, conn, req_id, args, data):
+        self.pool.unpin(conn.host, args["keys"])
+        return None, ()
+
+    def _cmd_exchange(self, ident, conn, req_id, args, data):
+        host, quantum = conn.host, args["quantum"]
+        if host in self._waiting and quantum == self.pool.quantum:
+            self._waiting[host] = req_id      # the client retried after a timeout
+            return None
+        ops = [PoolOp(t, host, seq, kind, key, nbytes, shared)
+               for t, seq, kind, key, nbytes, shared in args["ops"]]
+        if quantum == self.pool.quantum - 1 and self.pool.last_delta is not None \
+                and host not in self._waiting:
+            # retry of a quantum that completed while the client's reply was lost
+            return _delta_to_wire(self.pool.last_delta), ()
+        delta = self.pool.exchange(host, quantum, ops)
+        self._waiting[host] = req_id
+        if delta is not None:
+            self._release(delta)
+        return None
+
+
+def _delta_to_wire(delta) -> dict:
+    return {"quantum": delta.quantum, "added": list(delta.added), "removed": list(delta.removed),
+            "rejected": [list(r) for r in delta.rejected], "used_bytes": delta.used_bytes,
+            "capacity_bytes": delta.capacity_bytes,
+            "coherence_ns": [list(c) for c in delta.coherence_ns]}
+
+
+def run_server(pool: LocalPool, bind: str, ready=print, **kw) -> int:
+    """Serve until SIGINT/SIGTERM. `ready` gets the line announcing the bound endpoint."""
+    server = PoolServer(pool, bind, **kw)
+    signal.signal(signal.SIGTERM, server.stop)
+    signal.signal(signal.SIGINT, server.stop)
+    try:
+        ready(f"cxlsim pool: serving on {server.endpoint}")
+        server.serve()
+    finally:
+        server.close()
+    return 0

@@ -1,0 +1,246 @@
+"""Pool server and client over real loopback sockets: same answers as LocalPool, isolation,
+malformed frames, CURVE, non-loopback refusal, server restart."""
+import os
+import subprocess
+import sys
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from cxlsim.errors import PoolError
+from cxlsim.pool import protocol as P
+from cxlsim.pool.api import PoolOp
+from cxlsim.pool.client import PoolClient
+from cxlsim.pool.local import LocalPool
+from pool_support import pool_server, stop, wait_for
+
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def server():
+    with pool_server(capacity_bytes=64 * MIB, extent_mib=1) as (endpoint, proc, log):
+        yield endpoint
+
+
+@pytest.fixture
+def clients(server):
+    opened = []
+
+    def make(host, **kw):
+        c = PoolClient(server, host, timeout_s=5.0, **kw)
+        opened.append(c)
+        return c
+    yield make
+    for c in opened:
+        try:
+            c.detach(c.host_id)
+        except PoolError:
+            pass
+        c.close()
+
+
+def raw_socket(endpoint):
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.linger = 0
+    s.rcvtimeo = 5000
+    s.sndtimeo = 5000
+    s.connect(endpoint)
+    return s
+
+
+def rpc(sock, frames):
+    sock.send_multipart(frames)
+    return msgpack.unpackb(sock.recv_multipart()[0], raw=False)
+
+
+SCRIPT = [  # (host, method, args) applied in order to both implementations
+    ("attach", 0, (3 * MIB,)), ("attach", 1, (MIB,)),
+    ("put", 0, (1, b"a" * 1000)), ("put", 0, (2, b"b" * 5000, True)),
+    ("put", 1, (1, b"x")),                     # refused: host 0's private key
+    ("get", 1, (2,)), ("lookup", 1, ([2, 1],)), ("lookup", 0, ([1, 2, 3],)),
+    ("put", 1, (3, bytes(2 * MIB))), ("put", 1, (4, b"z")),   # quota exceeded
+    ("pin", 1, ([2],)), ("free", 0, (2,)), ("get", 1, (2,)),
+    ("unpin", 1, ([2],)), ("free", 1, (2,)), ("get", 1, (2,)),
+    ("share", 0, (1,)), ("get", 1, (1,)), ("resize", 1, (0,)), ("resize", 1, (4 * MIB,)),
+    ("alloc", 0, (7, 300)), ("get", 0, (7,)), ("free", 1, (3,)), ("resize", 1, (0,)),
+    ("unpin", 0, ([1],)), ("detach", 1, ()),
+]
+
+
+def run_script(call):
+    out = []
+    for method, host, args in SCRIPT:
+        try:
+            out.append(("ok", call(host, method, args)))
+        except PoolError as exc:
+            out.append(("error", str(exc)))
+    return out
+
+
+def test_client_gives_the_same_answers_as_local_pool(server, clients):
+    local = LocalPool(64 * MIB, extent_bytes=MIB)
+    expected = run_script(lambda h, m, a: getattr(local, m)(h, *a))
+    remote = {0: clients(0), 1: clients(1, use_shm=False)}
+    got = run_script(lambda h, m, a: getattr(remote[h], m)(h, *a))
+    assert [g[0] for g in got] == [e[0] for e in expected]
+    for (kind, g), (_, e) in zip(got, expected):
+        if kind == "ok":
+            assert g == e
+        else:
+            assert e in g             # the client names the server, then the pool's reason
+    assert any(kind == "error" for kind, _ in expected)
+    s_local, s_remote = local.stats(), remote[0].stats()
+    assert s_local == s_remote
+    remote[0].detach(0)
+
+
+@pytest.mark.parametrize("use_shm", [True, False])
+def test_data_is_bit_exact_over_both_paths(clients, use_shm):
+    c = clients(0, use_shm=use_shm, shm_bytes=4 * MIB)
+    c.attach(0, 16 * MIB)
+    assert (c.window is not None) == use_shm
+    rng = np.random.default_rng(7)
+    kv = rng.standard_normal((2, 16, 128)).astype(np.float16)          # 8 KiB
+    big = rng.integers(0, 255, 6 * MIB, dtype=np.uint8)                 # larger than the window
+    blobs = [rng.bytes(64 << 10) for _ in range(40)]                    # 2.5 MiB: two windows
+    c.put(0, 1, kv)
+    c.put(0, 2, big, shared=True)
+    c.put_many(0, [(10 + i, b) for i, b in enumerate(blobs)])
+    assert np.array_equal(np.frombuffer(c.get(0, 1), np.float16).reshape(kv.shape), kv)
+    assert c.get(0, 2) == big.tobytes()
+    assert c.get_many(0, [10 + i for i in range(40)]) == blobs
+
+
+def test_isolation_between_hosts(clients):
+    a, b = clients(0), clients(1)
+    a.attach(0, MIB)
+    b.attach(1, MIB)
+    a.put(0, 5, b"mine")
+    for call in (lambda: b.get(1, 5), lambda: b.free(1, 5), lambda: b.pin(1, [5]),
+                 lambda: b.share(1, 5)):
+        with pytest.raises(PoolError, match="not readable by host 1"):
+            call()
+    with pytest.raises(PoolError, match="this client is host 1"):
+        b.get(0, 5)                                     # cannot speak for another host
+    assert a.get(0, 5) == b"mine" and b.lookup(1, [5]) == 0
+    a.share(0, 5)
+    assert b.get(1, 5) == b"mine"
+
+
+def test_unattached_connection_is_refused_and_host_ids_unique(server, clients):
+    a = clients(0)
+    a.attach(0, 0)
+    s = raw_socket(server)
+    try:
+        rep = rpc(s, [P.encode_request(1, "get", {"keys": [1], "shm": False})])
+        assert rep["ok"] is False and rep["error"]["code"] == P.E_ATTACH
+        rep = rpc(s, [P.encode_request(2, "attach", {"host": 0, "quota": 0, "shm": None})])
+        assert rep["error"]["code"] == P.E_REFUSED and "already attached" in rep["error"]["message"]
+        rep = rpc(s, [P.encode_request(3, "attach", {"host": 1, "quota": 0,
+                                                     "shm": "../../etc/passwd"})])
+        assert rep["error"]["code"] == P.E_REFUSED and "not one cxlsim makes" in \
+            rep["error"]["message"]
+    finally:
+        s.close(0)
+
+
+@pytest.mark.parametrize("frames, code", [
+    ([b"\xc1\xc1"], P.E_FRAME),                                      # not msgpack
+    ([msgpack.packb([1, 2, 3])], P.E_FRAME),                         # not a map
+    ([msgpack.packb({"v": 99, "id": 1, "cmd": "stats", "args": {}})], P.E_VERSION),
+    ([msgpack.packb({"v": 1, "id": 1, "cmd": "format_disk", "args": {}})], P.E_COMMAND),
+    ([msgpack.packb({"v": 1, "id": 1, "cmd": "lookup", "args": {"keys": ["1"]}})], P.E_ARGS),
+    ([msgpack.packb({"v": 1, "id": 1, "cmd": "lookup", "args": {"keys": [-1]}})], P.E_ARGS),
+    ([msgpack.packb({"v": 1, "id": 1, "cmd": "put",
+                     "args": {"keys": [1], "shared": False, "shm": None}})], P.E_ARGS),
+    ([msgpack.packb({"v": 1, "id": 1, "cmd": "stats", "args": {}}), b"x" * (64 * MIB + 1)],
+     P.E_FRAME),                                                     # oversized frame
+])
+def test_malformed_frames_get_error_replies(server, frames, code):
+    s = raw_socket(server)
+    try:
+        rep = rpc(s, frames)
+        assert rep["ok"] is False and rep["error"]["code"] == code, rep
+        assert rep["error"]["message"]
+        # and the server still serves this very socket
+        assert rpc(s, [P.encode_request(9, "sync", {})])["ok"] is True
+    finally:
+        s.close(0)
+
+
+def test_exchange_through_server_matches_local_pool_exactly():
+    from concurrent.futures import ThreadPoolExecutor
+
+    def quantum_ops(q):
+        # 3 hosts put 64 KiB shared blocks into a 2 MiB pool: evictions, dedupe, rejects
+        return {h: [PoolOp(float(10 * i + h + q), h, i, "put", (100 * h + i + 7 * q) % 250,
+                           64 * 1024, True) for i in range(12)]
+                + [PoolOp(300.0, h, 50, "touch", 100 * ((h + 1) % 3), 0, True),
+                   PoolOp(301.0, h, 51, "free", 100 * h + 1, 0, True)]
+                for h in range(3)}
+    local = LocalPool(2 * MIB, extent_bytes=MIB)
+    for h in range(3):
+        local.attach(h, 0)
+    want = [local.exchange_all(q, quantum_ops(q)) for q in range(4)]
+    assert any(d.removed for d in want) and any(d.rejected for d in want)
+    with pool_server(capacity_bytes=2 * MIB) as (ep, proc, log):
+        cs = [PoolClient(ep, h, timeout_s=5.0) for h in range(3)]
+        try:
+            for h, c in enumerate(cs):
+                c.attach(h, 0)
+            with ThreadPoolExecutor(3) as ex:
+                for q in range(4):
+                    ops = quantum_ops(q)
+                    got = list(ex.map(lambda h: cs[h].exchange(h, q, ops[h]), range(3)))
+                    assert got[0] == got[1] == got[2] == want[q]
+            assert cs[0].stats() == local.stats()
+        finally:
+            for c in cs:
+                c.close()
+
+
+def test_server_restart_gives_a_clear_error(tmp_path):
+    port_ep = None
+    with pool_server() as (endpoint, proc, log):
+        c = PoolClient(endpoint, 0, timeout_s=1.0)
+        try:
+            c.attach(0, 0)
+            c.put(0, 1, b"x", shared=True)
+            stop(proc)
+            with pytest.raises(PoolError, match="no reply to get within 1 s"):
+                c.get(0, 1)
+            port_ep = endpoint
+            with pool_server(bind=port_ep) as (endpoint2, proc2, log2):
+                with pytest.raises(PoolError, match="not attached.*restarted"):
+                    c.get(0, 1)
+                c.attach(0, 0)                  # and it can start over
+                assert c.lookup(0, [1]) == 0
+        finally:
+            c.close()
+
+
+def test_non_loopback_bind_is_refused_without_keys():
+    out = subprocess.run([sys.executable, "-m", "cxlsim", "pool", "serve", "--bind",
+                          "tcp://0.0.0.0:1"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "refusing to bind tcp://0.0.0.0:1" in out.stderr
+
+
+def test_curve_client_without_key_is_not_served(tmp_path):
+    subprocess.run([sys.executable, "-m", "cxlsim", "pool", "keygen", str(tmp_path)], check=True,
+                   capture_output=True, timeout=30)
+    public = (tmp_path / "pool.public").read_bytes().strip()
+    assert oct(os.stat(tmp_path / "pool.secret").st_mode & 0o777) == "0o600"
+    with pool_server("--curve-secret-key", str(tmp_path / "pool.secret")) as (ep, proc, log):
+        with pytest.raises(PoolError, match="no reply"):
+            PoolClient(ep, 0, timeout_s=1.0)                    # plain: handshake never completes
+        other_public, _ = zmq.curve_keypair()
+        with pytest.raises(PoolError, match="wrong server public key"):
+            PoolClient(ep, 0, timeout_s=1.0, server_public_key=other_public)
+        with PoolClient(ep, 0, timeout_s=5.0, server_public_key=public) as c:
+            c.attach(0, 0)
+            c.put(0, 1, b"secret", shared=True)
+            assert c.get(0, 1) == b"secret"
