@@ -27,6 +27,7 @@ from .serving.engine import EventLoop
 from .serving.host import RequestLog, ServingHost
 from .serving.kvtiers import Tier, TieredKV
 from .serving.metrics import CSV_COLUMNS, fabric_summary, latency_summary, request_table
+from .serving.pooltier import PoolSide
 from .serving.scheduler import DEFAULT_MAX_BATCH, DEFAULT_TOKEN_BUDGET, SchedulerConfig
 from .topology import GIB, Link, Memory, load_topology
 from .traces import open_trace, trace_arrays
@@ -237,8 +238,11 @@ class ReplayResult:
 
 
 def run_replay(cfg: ReplayConfig, progress: bool = False, trace: dict | None = None,
-               closed_form: bool = True) -> ReplayResult:
-    """One replay, in this process (every host of cfg.hosts)."""
+               closed_form: bool = True, pool_client=None, host_id: int | None = None
+               ) -> ReplayResult:
+    """One replay. With several hosts they share the CXL pool through the quantum barrier:
+    all of them in this process, or only `host_id` when `pool_client` (a PoolClient attached as
+    that host) reaches a pool server that the other hosts' processes use too."""
     validate(cfg)
     wall0 = time.perf_counter()
     model, accel = load_model(cfg.model), load_accelerator(cfg.accel)
@@ -250,11 +254,11 @@ def run_replay(cfg: ReplayConfig, progress: bool = False, trace: dict | None = N
     if cfg.hosts > len(topo.hosts):
         raise ConfigError(f"{topo.origin}: hosts = {cfg.hosts} but the topology has "
                           f"{len(topo.hosts)} ({', '.join(h.name for h in topo.hosts)})")
-    if cfg.hosts > 1:
-        raise ConfigError(f"hosts = {cfg.hosts}: multi-host replay (shared CXL pool behind the "
-                          f"quantum barrier) is not implemented yet; run one host")
     if trace is None:
         trace = read_trace(cfg)
+    if cfg.hosts > 1 or pool_client is not None:
+        return _run_pooled(cfg, dep, sched, topo, trace, wall0, progress, closed_form,
+                           pool_client, host_id)
     host = topo.hosts[0].name
     topo = attach_hbm(topo, [host], dep)
     fabric = Fabric(topo)
@@ -279,6 +283,119 @@ def run_replay(cfg: ReplayConfig, progress: bool = False, trace: dict | None = N
     return _result(cfg, dep, trace, log, [server], [kv], fabric, topo, tiers, wall0)
 
 
+class _MergedFabric:
+    """Resource counters summed over the per-host fabrics of a pooled replay."""
+
+    def __init__(self, fabrics: list[Fabric]):
+        self.fabrics = fabrics
+
+    def stats(self):
+        per_host = [f.stats() for f in self.fabrics]
+        merged = []
+        for same in zip(*per_host):
+            merged.append(dataclasses.replace(
+                same[0], bytes=sum(s.bytes for s in same), busy_ns=sum(s.busy_ns for s in same),
+                energy_pj=sum(s.energy_pj for s in same), transfers=sum(s.transfers for s in same),
+                free_at_ns=max(s.free_at_ns for s in same)))
+        return merged
+
+    def route_resources(self, src: str, dst: str) -> list[str]:
+        return self.fabrics[0].route_resources(src, dst)
+
+
+def run_quanta(servers: list[ServingHost], sides: list[PoolSide], exchange, quantum_ns: float,
+               on_barrier=None) -> int:
+    """Advance hosts quantum by quantum. `exchange(seq, ops_by_host, next_ns_by_host)` is the
+    barrier; it returns the pool's delta, whose next_ns (the earliest next event of ANY host) sets
+    the next quantum, so idle stretches are skipped identically in every process. Returns the
+    number of barriers."""
+    def barrier(seq):
+        delta = exchange(seq, {s.host: s.take_ops() for s in sides},
+                         {srv.id: srv.loop.peek_time() for srv in servers})
+        for side in sides:
+            side.apply(delta)
+        if on_barrier is not None:
+            on_barrier()
+        return delta
+
+    seq, k = 0, 0
+    delta = barrier(seq)                       # agree on where the first work is
+    while math.isfinite(delta.next_ns):
+        k = max(k, int(delta.next_ns // quantum_ns))
+        end = (k + 1) * quantum_ns
+        for srv in servers:
+            srv.loop.run(until=end)
+        seq += 1
+        delta = barrier(seq)
+        k += 1
+    return seq + 1
+
+
+def _run_pooled(cfg, dep, sched, topo, trace, wall0, progress, closed_form, client, only):
+    """Several hosts, each with HBM and DRAM of its own, sharing the CXL pool."""
+    if cfg.hosts > len(topo.hosts):
+        raise ConfigError(f"{topo.origin}: hosts = {cfg.hosts} but the topology has "
+                          f"{len(topo.hosts)}")
+    if client is not None and (only is None or not 0 <= only < cfg.hosts):
+        raise ConfigError(f"--host-id must be in 0..{cfg.hosts - 1} with --pool, got {only}")
+    names = [h.name for h in topo.hosts[: cfg.hosts]]
+    topo = attach_hbm(topo, names, dep)
+    pool_tier = [t for t in _memory_tiers(topo, names[0], cfg) if t[0] == "cxl"]
+    if not pool_tier:
+        raise ConfigError(f"{topo.origin}: a multi-host replay shares a CXL pool, and this "
+                          f"topology has none (or cxl_gib = 0)")
+    _, pool_endpoint, pool_bytes = pool_tier[0]
+    block_bytes = int(trace["block_tokens"]) * dep.model.kv_bytes_per_token
+    owner = assign_hosts(trace, cfg.hosts, cfg.assign)
+    mine = range(cfg.hosts) if client is None else [only]
+    servers, kvs, fabrics, sides = [], [], [], []
+    n = len(trace["arrival_ms"])
+    log = None
+    for h in mine:
+        fabric = Fabric(topo)               # per host: a host's timelines never wait on another
+        policy = make_policy(cfg.policy)
+        local = [Tier("hbm", f"{names[h]}.hbm", dep.kv_capacity_bytes)]
+        local += [Tier(*t) for t in _memory_tiers(topo, names[h], cfg) if t[0] == "dram"]
+        local = local[: getattr(policy, "max_tiers", None) or len(local)]
+        side = PoolSide(h, pool_endpoint, pool_bytes)
+        kv = TieredKV(local, policy, block_bytes, fabric, cfg.sample_ms * 1e6, pool=side)
+        if log is None:
+            log = RequestLog(n, kv.n_report)
+        server = ServingHost(h, dep, kv, trace, np.flatnonzero(owner == h), sched, log)
+        server.closed_form = closed_form
+        servers.append(server), kvs.append(kv), fabrics.append(fabric), sides.append(side)
+    tiers = list(kvs[0].tiers) + [Tier("cxl", pool_endpoint, pool_bytes)]
+    if client is None:
+        from .pool.local import LocalPool
+        pool = LocalPool(pool_bytes, cfg.quantum_us * 1e3)
+        for h in range(cfg.hosts):
+            pool.attach(h, 0)
+        exchange = pool.exchange_all
+    else:
+        def exchange(seq, ops, nexts):
+            return client.exchange(only, seq, ops[only], nexts[only])
+    bar = _progress(int(sum(np.isin(owner, list(mine)))), cfg, progress)
+    if bar is not None:
+        for server in servers:
+            server.on_finish = lambda rid, now: bar.update(1)
+    for server in servers:
+        server.start()
+    barriers = run_quanta(servers, sides, exchange, cfg.quantum_us * 1e3)
+    if bar is not None:
+        bar.close()
+    for server, kv in zip(servers, kvs):
+        kv.sample(server.last_event_ns)
+    extra = {"pool": {"hosts": cfg.hosts, "assign": cfg.assign, "quantum_us": cfg.quantum_us,
+                      "barriers": barriers, "endpoint": pool_endpoint,
+                      "capacity_gib": pool_bytes / GIB,
+                      "puts": sum(s.puts for s in sides), "touches": sum(s.touches for s in sides),
+                      "rejected_ops": sum(s.rejected for s in sides),
+                      "mode": "in-process" if client is None else f"host {only} of a pool server"}}
+    rows = None if client is None else owner == only    # a host process reports its own requests
+    return _result(cfg, dep, trace, log, servers, kvs, _MergedFabric(fabrics), topo, tiers, wall0,
+                   extra, rows)
+
+
 def _progress(n: int, cfg: ReplayConfig, enabled: bool):
     if not enabled:
         return None
@@ -288,11 +405,16 @@ def _progress(n: int, cfg: ReplayConfig, enabled: bool):
 
 
 def _result(cfg, dep, trace, log, servers, kvs, fabric, topo, tiers, wall0,
-            extra: dict | None = None) -> ReplayResult:
+            extra: dict | None = None, rows: np.ndarray | None = None) -> ReplayResult:
+    """The summary and per-request table; `rows` (a mask) keeps only some requests."""
     table = request_table(trace, log)
-    accesses = int(np.diff(trace["block_offsets"])[log.admit_ns == log.admit_ns].sum())
-    summary = latency_summary(table, accesses, [t.name for t in tiers], log.tier_hits,
-                              log.block_hits)
+    admitted = log.admit_ns == log.admit_ns
+    tier_hits, block_hits = log.tier_hits, log.block_hits
+    if rows is not None:
+        table = {k: v[rows] for k, v in table.items()}
+        admitted, tier_hits, block_hits = admitted & rows, tier_hits[rows], block_hits[rows]
+    accesses = int(np.diff(trace["block_offsets"])[admitted].sum())
+    summary = latency_summary(table, accesses, [t.name for t in tiers], tier_hits, block_hits)
     span_ns = summary["makespan_s"] * 1e9
     kinds = {m.name: m.kind for m in topo.memories}
     fab = fabric_summary(fabric.stats(), span_ns, kinds)
@@ -343,9 +465,7 @@ def _transfer_log(kvs, fabric) -> dict:
     names = {}
     for kv in kvs:
         for (src, dst), rid in kv.routes_used().items():
-            names[rid] = [r for r in fabric.route_resources(kv.tiers[src].endpoint,
-                                                            kv.tiers[dst].endpoint)
-                          if r.startswith("link ")]
+            names[rid] = [r for r in fabric.route_resources(src, dst) if r.startswith("link ")]
     t = np.concatenate([np.asarray(kv.log_t, np.float64) for kv in kvs])
     route = np.concatenate([np.asarray(kv.log_route, np.int64) for kv in kvs])
     nbytes = np.concatenate([np.asarray(kv.log_bytes, np.float64) for kv in kvs])

@@ -63,9 +63,9 @@ def test_four_host_processes_equal_in_process_replay(tmp_path):
                 if p.poll() is None:
                     p.kill()
                     p.wait(10)
-    want = sorted(rows(tmp_path / "inproc" / "requests.csv"), key=lambda r: int(r["id"]))
+    want = sorted(rows(tmp_path / "inproc" / "requests.csv"), key=lambda r: int(r["request_id"]))
     got = sorted((r for h in range(HOSTS) for r in rows(tmp_path / f"host{h}" / "requests.csv")),
-                 key=lambda r: int(r["id"]))
+                 key=lambda r: int(r["request_id"]))
     assert got == want
     summary = json.loads(solo.stdout)
     assert summary["requests"]["completed"] == len(want)

@@ -69,6 +69,14 @@ def add_parser(sub):
     p.add_argument("--out", "-o", help="output folder (summary.json, requests.csv, plots)")
     p.add_argument("--no-plots", action="store_true", help="skip plots")
     p.add_argument("--json", action="store_true", help="print summary.json to stdout")
+    p.add_argument("--pool", metavar="ENDPOINT",
+                   help="run one host (--host-id) against a pool server (`cxlsim pool serve`): "
+                        "start one such process per host; docs/multihost.md")
+    p.add_argument("--host-id", type=int, help="with --pool: which host this process runs")
+    p.add_argument("--server-key", metavar="FILE",
+                   help="with --pool: the server's CURVE public key file, if it uses CURVE")
+    p.add_argument("--pool-timeout-s", type=float, default=60.0,
+                   help="with --pool: seconds to wait for any pool reply (default 60)")
     return p
 
 
@@ -88,11 +96,61 @@ def _ms(v) -> str:
     return f"{v / 1e3:.2f} s" if v >= 1e4 else f"{v:.1f} ms"
 
 
+def _run_remote_host(cfg, args):
+    """This process runs host --host-id; the pool server coordinates it with the others."""
+    from ..pool.client import PoolClient
+    if args.host_id is None:
+        raise ConfigError("--pool needs --host-id H (0..hosts-1)")
+    key = None
+    if args.server_key:
+        from .pool import read_key
+        key = read_key(args.server_key)
+    client = PoolClient(args.pool, args.host_id, timeout_s=args.pool_timeout_s,
+                        server_public_key=key)
+    try:
+        client.attach(args.host_id, 0)
+        try:
+            _wait_for_hosts(client, cfg.hosts, args.pool_timeout_s)
+            return run_replay(cfg, progress=not args.no_progress, pool_client=client,
+                              host_id=args.host_id)
+        finally:
+            client.detach(args.host_id)
+    finally:
+        client.close()
+
+
+def _wait_for_hosts(client, hosts: int, timeout_s: float) -> None:
+    """The barrier counts attached hosts, so no host may start before all of them are there."""
+    import time
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = client.stats()
+        attached = sorted(int(h) for h in stats["hosts"])
+        if stats["quantum"] != 0:
+            raise ConfigError(f"pool server {client.endpoint} has already run {stats['quantum']} "
+                              f"barriers: start a fresh server for each multi-host replay")
+        if len(attached) >= hosts:
+            if attached != list(range(hosts)):
+                raise ConfigError(f"pool server {client.endpoint}: attached hosts {attached}, "
+                                  f"expected 0..{hosts - 1}")
+            return
+        if time.monotonic() > deadline:
+            raise ConfigError(f"pool server {client.endpoint}: only hosts {attached} of "
+                              f"{hosts} attached within {timeout_s:g} s")
+        client.heartbeat(client.host_id)
+        time.sleep(0.05)
+
+
 def run(args) -> int:
     cfg = config_from_args(args)
     if not cfg.trace:
         raise ConfigError("no trace: give TRACE or a config with [replay] trace")
-    result = run_replay(cfg, progress=not args.no_progress)
+    if args.pool is None:
+        if args.host_id is not None:
+            raise ConfigError("--host-id goes with --pool (one host per process)")
+        result = run_replay(cfg, progress=not args.no_progress)
+    else:
+        result = _run_remote_host(cfg, args)
     notes = []
     if args.out:
         notes = write_outputs(result, args.out, plots=not args.no_plots)

@@ -69,6 +69,9 @@ class PoolDelta:
     used_bytes: int = 0
     capacity_bytes: int = 0
     coherence_ns: tuple[tuple[int, float], ...] = ()  # (host, extra ns) this quantum, by host
+    #: earliest next event any host reported with its ops (inf: none has more work). Hosts skip
+    #: the quanta before it together, so idle stretches of a trace cost no barriers.
+    next_ns: float = float("inf")
 
 
 @runtime_checkable

@@ -12,6 +12,7 @@ ends the wait.
 from __future__ import annotations
 
 import os
+import math
 import time
 
 import numpy as np
@@ -286,7 +287,8 @@ class PoolClient:
         return self._call("stats", {})
 
     # ------------------------------------------------------------------ replay path
-    def exchange(self, host: int, quantum: int, ops: list[PoolOp]) -> PoolDelta:
+    def exchange(self, host: int, quantum: int, ops: list[PoolOp],
+                 next_ns: float | None = None) -> PoolDelta:
         """Hand in this host's ops for `quantum`; blocks until every attached host has."""
         self._me(host)
         for op in ops:
@@ -294,7 +296,10 @@ class PoolClient:
                 raise PoolError(f"op {op} belongs to host {op.host}, not to this host {host}")
         wire = [[float(o.t_ns), int(o.seq), o.kind, int(o.key), int(o.nbytes), bool(o.shared)]
                 for o in ops]
-        req = self._send("exchange", {"quantum": int(quantum), "ops": wire})
+        if next_ns is not None and not math.isfinite(next_ns):
+            next_ns = None
+        req = self._send("exchange", {"quantum": int(quantum), "ops": wire,
+                                      "next_ns": None if next_ns is None else float(next_ns)})
         deadline = time.monotonic() + self.timeout_s
         alive = []
         hb_out = False
@@ -319,7 +324,8 @@ class PoolClient:
 def delta_from_wire(d: dict) -> PoolDelta:
     return PoolDelta(d["quantum"], tuple(d["added"]), tuple(d["removed"]),
                      tuple(tuple(r) for r in d["rejected"]), d["used_bytes"], d["capacity_bytes"],
-                     tuple((h, ns) for h, ns in d["coherence_ns"]))
+                     tuple((h, ns) for h, ns in d["coherence_ns"]),
+                     float("inf") if d.get("next_ns") is None else float(d["next_ns"]))
 
 
 def P_is_local(endpoint: str) -> bool:

@@ -102,6 +102,7 @@ class LocalPool:
         self._evictions = 0
         self._changed: dict[int, bool] = {}    # key -> was visible to all at the last delta
         self._pending: dict[int, list[PoolOp]] = {}
+        self._next: dict[int, float] = {}          # next event time each pending host reported
         self._last_delta: PoolDelta | None = None
         self._quantum_coh: dict[int, float] = {}
 
@@ -178,6 +179,7 @@ class LocalPool:
             self._drop_ref(host, key)
         del self._hosts[host]
         self._pending.pop(host, None)
+        self._next.pop(host, None)
 
     def heartbeat(self, host: int) -> None:
         self._host(host)
@@ -472,7 +474,8 @@ class LocalPool:
         else:
             raise PoolError(f"unknown op kind {op.kind!r} (known: {', '.join(OP_KINDS)})")
 
-    def _apply_quantum(self, quantum: int, ops_by_host: dict[int, list[PoolOp]]) -> PoolDelta:
+    def _apply_quantum(self, quantum: int, ops_by_host: dict[int, list[PoolOp]],
+                       next_ns: float = float("inf")) -> PoolDelta:
         ops = []
         for host, host_ops in ops_by_host.items():
             for op in host_ops:
@@ -486,12 +489,12 @@ class LocalPool:
                 self._apply_op(op)
             except (PoolError, CoreError) as exc:
                 rejected.append((op.host, op.seq, str(exc)))
-        delta = self._delta(quantum, tuple(rejected))
+        delta = self._delta(quantum, tuple(rejected), next_ns)
         self.quantum = quantum + 1
         self._last_delta = delta
         return delta
 
-    def _delta(self, quantum: int, rejected) -> PoolDelta:
+    def _delta(self, quantum: int, rejected, next_ns: float = float("inf")) -> PoolDelta:
         added, removed = [], []
         for key, was in self._changed.items():
             block = self._blocks.get(key)
@@ -504,10 +507,12 @@ class LocalPool:
         coh = tuple(sorted(self._quantum_coh.items()))
         self._quantum_coh = {}
         return PoolDelta(quantum, tuple(sorted(added)), tuple(sorted(removed)), rejected,
-                         self._used, self.capacity_bytes, coh)
+                         self._used, self.capacity_bytes, coh, next_ns)
 
-    def exchange_all(self, quantum: int, ops_by_host: dict[int, list[PoolOp]]) -> PoolDelta:
-        """In-process barrier: every attached host's ops for `quantum` at once."""
+    def exchange_all(self, quantum: int, ops_by_host: dict[int, list[PoolOp]],
+                     next_ns: dict[int, float] | None = None) -> PoolDelta:
+        """In-process barrier: every attached host's ops for `quantum` at once (next_ns: each
+        host's next event time, whose minimum the delta carries)."""
         if quantum != self.quantum:
             raise PoolError(f"quantum {quantum} handed in, the pool is at quantum {self.quantum}")
         missing = set(self._hosts) - set(ops_by_host)
@@ -516,9 +521,12 @@ class LocalPool:
             raise PoolError(f"quantum {quantum}: ops must come from exactly the attached hosts "
                             f"(missing {sorted(missing)}, not attached {sorted(unknown)})")
         self._pending = {}
-        return self._apply_quantum(quantum, ops_by_host)
+        self._next = {}
+        return self._apply_quantum(quantum, ops_by_host, min((next_ns or {}).values(),
+                                                             default=float("inf")))
 
-    def exchange(self, host: int, quantum: int, ops: list[PoolOp]) -> PoolDelta | None:
+    def exchange(self, host: int, quantum: int, ops: list[PoolOp],
+                 next_ns: float | None = None) -> PoolDelta | None:
         """Per-host barrier: returns None until the last attached host has handed in `quantum`,
         then the delta (also kept as `last_delta` for the hosts that got None)."""
         self._host(host)
@@ -528,6 +536,7 @@ class LocalPool:
         if host in self._pending:
             raise PoolError(f"host {host} already handed in quantum {quantum}")
         self._pending[host] = list(ops)
+        self._next[host] = float("inf") if next_ns is None else float(next_ns)
         return self.try_complete()
 
     def try_complete(self) -> PoolDelta | None:
@@ -535,7 +544,8 @@ class LocalPool:
         if not self._pending or set(self._hosts) - set(self._pending):
             return None
         pending, self._pending = self._pending, {}
-        return self._apply_quantum(self.quantum, pending)
+        nexts, self._next = self._next, {}
+        return self._apply_quantum(self.quantum, pending, min(nexts.values(), default=float("inf")))
 
     @property
     def waiting(self) -> list[int]:

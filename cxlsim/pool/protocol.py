@@ -127,7 +127,9 @@ COMMANDS: dict[str, tuple[dict, str]] = {
     "pin": ({"keys": KEYS}, "none"),
     "unpin": ({"keys": KEYS}, "none"),
     # ops: [t_ns, seq, kind, key, nbytes, shared]; the host is the connection's
-    "exchange": ({"quantum": integer(0, 1 << 62), "ops": list_of(OP, MAX_OPS)}, "none"),
+    # next_ns: the host's next event time (None: no more work), for skipping idle quanta
+    "exchange": ({"quantum": integer(0, 1 << 62), "ops": list_of(OP, MAX_OPS),
+                  "next_ns": optional(finite)}, "none"),
 }
 
 

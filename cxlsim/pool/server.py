@@ -13,6 +13,7 @@ without it.
 from __future__ import annotations
 
 import ipaddress
+import math
 import signal
 import sys
 import time
@@ -320,7 +321,7 @@ class PoolServer:
                 and host not in self._waiting:
             # retry of a quantum that completed while the client's reply was lost
             return _delta_to_wire(self.pool.last_delta), ()
-        delta = self.pool.exchange(host, quantum, ops)
+        delta = self.pool.exchange(host, quantum, ops, args.get("next_ns"))
         self._waiting[host] = req_id
         if delta is not None:
             self._release(delta)
@@ -331,7 +332,8 @@ def _delta_to_wire(delta) -> dict:
     return {"quantum": delta.quantum, "added": list(delta.added), "removed": list(delta.removed),
             "rejected": [list(r) for r in delta.rejected], "used_bytes": delta.used_bytes,
             "capacity_bytes": delta.capacity_bytes,
-            "coherence_ns": [list(c) for c in delta.coherence_ns]}
+            "coherence_ns": [list(c) for c in delta.coherence_ns],
+            "next_ns": delta.next_ns if math.isfinite(delta.next_ns) else None}
 
 
 def run_server(pool: LocalPool, bind: str, ready=print, **kw) -> int:

@@ -185,8 +185,8 @@ class ServingHost:
                 log.first_token_ns[r.rid] = now
                 if r.out > 0:
                     r.generated = 1
-                if r.adm.writes:
-                    self.kv.issue_writes(r.adm.writes, now)
+                if r.adm.writes or r.adm.publish:
+                    self.kv.prefill_done(r.adm, now)
                 if r.generated >= r.out:
                     finished.append(r)
         if finished:

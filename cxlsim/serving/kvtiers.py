@@ -17,6 +17,12 @@ transfers and keeps the HBM budget of running requests. Rules (docs/replay.md, "
   to that tier is free (the copy is already there).
 * Blocks the request uses stay pinned in HBM until it finishes; scratch blocks (output KV, copies)
   are freed then: the trace cannot say which later prompt blocks the generated tokens become.
+* Multi-host (a PoolSide given): the CXL tier is the shared pool, not a local tier. A block absent
+  from the host's tiers but in the pool's mirror is a pool hit: in the reusable prefix it is loaded
+  from the pool into HBM (and the pool is told, a touch). Every block a request computes is
+  published to the pool when its prefill ends (a put and its HBM -> pool transfer), as Mooncake's
+  and LMCache's global stores do, so other hosts can reuse it; a block that leaves the host's last
+  local tier and is not in the pool is written there too, when the policy demotes on eviction.
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ from ..fabric import Fabric
 from ..index import BlockIndex, TierSpec
 from ..kv import KVStore
 from ..policies.base import Policy
+from .pooltier import PoolSide
 
 SCRATCH_BASE = 0xFFFF_FFFF_0000_0000   # scratch keys: far from the dense ranges tests use
 MAX_BLOCK_BYTES = (1 << 32) - 1        # the C index keeps block sizes in 32 bits
@@ -50,13 +57,14 @@ class Admission:
     pinned: list = field(default_factory=list)
     scratch: list = field(default_factory=list)
     writes: list = field(default_factory=list)  # (route id, bytes) issued when prefill ends
+    publish: list = field(default_factory=list)  # keys put into the shared pool when prefill ends
 
 
 class TieredKV:
     """HBM/DRAM/CXL tiers of one host under one policy, charged on a shared fabric."""
 
     def __init__(self, tiers: list[Tier], policy: Policy, block_bytes: int, fabric: Fabric,
-                 record_every_ns: float = 0.0):
+                 record_every_ns: float = 0.0, pool: PoolSide | None = None):
         if block_bytes > MAX_BLOCK_BYTES:
             raise ValueError(f"a KV block of {block_bytes} bytes exceeds the index's 4 GiB limit; "
                              f"use smaller blocks")
@@ -66,6 +74,10 @@ class TieredKV:
         index = BlockIndex([TierSpec(t.name, capacity_bytes=t.capacity_bytes) for t in tiers])
         self.store = KVStore(index, policy, record_moves=True)
         self.write_through = bool(policy.write_through) and len(tiers) > 1
+        self.pool = pool
+        self.offload = pool is not None and policy.demote_on_evict
+        # hit counters have one more column for the pool when there is one
+        self.n_report = len(tiers) + (pool is not None)
         self.hbm_capacity = tiers[0].capacity_bytes
         self.pinned_hbm = 0
         self._pin_count: dict[int, int] = {}
@@ -88,9 +100,26 @@ class TieredKV:
                                                         self.tiers[dst].endpoint)
         return rid
 
+    def pool_route(self, to_pool: bool, tier: int) -> int:
+        """Route between the pool and a local tier (either direction)."""
+        key = ("pool", to_pool, tier)
+        rid = self._routes.get(key)
+        if rid is None:
+            a, b = self.pool.endpoint, self.tiers[tier].endpoint
+            rid = self._routes[key] = self.fabric.route(*((b, a) if to_pool else (a, b)))
+        return rid
+
     def routes_used(self) -> dict:
-        """(src tier, dst tier) -> fabric route id, for every pair used so far."""
-        return dict(self._routes)
+        """(src endpoint, dst endpoint) -> fabric route id, for every route used so far."""
+        out = {}
+        for key, rid in self._routes.items():
+            if key[0] == "pool":
+                _, to_pool, tier = key
+                ends = (self.tiers[tier].endpoint, self.pool.endpoint)
+                out[ends if to_pool else ends[::-1]] = rid
+            else:
+                out[(self.tiers[key[0]].endpoint, self.tiers[key[1]].endpoint)] = rid
+        return out
 
     def _transfer(self, items: list[tuple[int, int]], t: float) -> float:
         """Issue (route, bytes) transfers at t in order; latest completion (t if none)."""
@@ -105,8 +134,15 @@ class TieredKV:
         sizes = np.fromiter((b for _, b in items), np.uint64, len(items))
         return float(self.fabric.transfer_batch(routes, sizes, t).max())
 
-    def issue_writes(self, writes: list[tuple[int, int]], t: float) -> float:
-        return self._transfer(writes, t)
+    def prefill_done(self, adm: Admission, t: float) -> float:
+        """The request's prompt KV exists: write-through copies and pool publications go out."""
+        items = list(adm.writes)
+        if adm.publish:
+            route = self.pool_route(True, 0)
+            for key in adm.publish:
+                self.pool.put(key, self.block_bytes, t)
+                items.append((route, self.block_bytes))
+        return self._transfer(items, t)
 
     # ------------------------------------------------------------------ admission
     def footprint(self, keys: list[int], extra_blocks: int) -> int:
@@ -135,11 +171,14 @@ class TieredKV:
         store.access_many(key_array, bb, hit)
         store.flush()
         before = hit.tolist()
+        pool = self.pool
+        if pool is not None:                              # the pool is tier n_tiers in reports
+            before = [n_tiers if tb < 0 and k in pool else tb for k, tb in zip(keys, before)]
         prefix = 0
         while prefix < len(before) and before[prefix] >= 0:
             prefix += 1
-        tier_hits = [0] * n_tiers
-        block_hits = [0] * n_tiers
+        tier_hits = [0] * self.n_report
+        block_hits = [0] * self.n_report
         for i, tb in enumerate(before):
             if tb >= 0:
                 block_hits[tb] += 1
@@ -156,11 +195,18 @@ class TieredKV:
             if dst == 0:
                 loaded += nbytes
         store.moves.clear()
-        store.drops.clear()
+        self._offload_drops(t, items)
         adm = Admission(prefix, tier_hits, block_hits, t, 0)
         scratch_needed = extra_blocks
         for i, k in enumerate(keys):
             tier = tier_of(k)
+            from_pool = i < prefix and before[i] == n_tiers
+            if from_pool:                                 # reused from the shared pool
+                items.append((self.pool_route(False, 0), bb))
+                loaded += bb
+                pool.touch(k, t)
+            elif pool is not None and before[i] < 0 and k not in pool:
+                adm.publish.append(k)                     # computed here: share it
             if tier == 0:
                 self._pin(k)
                 adm.pinned.append(k)
@@ -168,7 +214,9 @@ class TieredKV:
                     adm.writes.append((self.route(0, 1), bb))
                 continue
             scratch_needed += 1
-            if i < prefix:                                # reused from a lower tier, not promoted
+            if from_pool:
+                pass                                      # loaded above, into a scratch block
+            elif i < prefix:                              # reused from a lower tier, not promoted
                 items.append((self.route(before[i], 0), bb))
                 loaded += bb
             elif tier > 0:                                # computed here, kept in a lower tier
@@ -184,11 +232,23 @@ class TieredKV:
             store.flush()                                 # C must know a key before pinning it
             for k in adm.scratch:
                 self._pin(k)
+        self._offload_drops(t, items)                     # scratch inserts may have evicted
         adm.ready_ns = self._transfer(items, t)
         adm.loaded_bytes = loaded
         if self.record_every_ns and t >= self._next_sample:
             self.sample(t)
         return adm
+
+    def _offload_drops(self, t: float, items: list) -> None:
+        """Blocks the policy dropped: with a pool, those leaving the last local tier go to it."""
+        store = self.store
+        if self.offload:
+            last = len(self.tiers) - 1
+            for key, tier, nbytes in store.drops:
+                if tier == last and key < SCRATCH_BASE and key not in self.pool:
+                    self.pool.put(key, nbytes, t)
+                    items.append((self.pool_route(True, tier), nbytes))
+        store.drops.clear()
 
     def release(self, adm: Admission) -> None:
         """The request finished: unpin its blocks, free its scratch KV."""
