@@ -16,11 +16,14 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.c csrc/*.h csrc/*.py)
 
 demo: $(STAMP)
 	$(VENV)/bin/cxlsim mlc --idle --topology kv-tiered
+	@echo
 	$(VENV)/bin/cxlsim cachesim $(TRACE) --policy lru --capacity-blocks 500,2000,8000 --tiers dram:8000,cxl:32000
-	@echo "Llama-3-70B on 4 x H100 (HBM holds ~1000 KV blocks), 64 GiB of DRAM for KV, a 1 TiB CXL pool:"
+	@echo
+	@echo "Serving replay: Llama-3-70B on 4 x H100 (HBM holds ~1000 KV blocks), 64 GiB of DRAM for KV,"
+	@echo "a 1 TiB CXL pool; the trace's arrivals slowed 4x so that one host keeps up:"
 	$(VENV)/bin/cxlsim compare $(TRACE) --model llama-3-70b --accel h100-sxm --tp 4 --dram-gib 64 \
-		--no-progress --policies hbm-only --run "demote-on-evict cxl_gib=0 label=hbm+dram" \
-		--run "demote-on-evict label=hbm+dram+cxl"
+		--time-scale 4 --no-progress --policies hbm-only \
+		--run "demote-on-evict cxl_gib=0 label=hbm+dram" --run "demote-on-evict label=hbm+dram+cxl"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

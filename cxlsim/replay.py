@@ -65,6 +65,7 @@ class ReplayConfig:
     block_tokens: int = 0                # 0: the reader's default (Mooncake/Azure 512, token ids 16)
     prefix_model: str = "none"           # Azure traces: see cxlsim.traces.PREFIX_MODELS
     max_requests: int = 0                # 0: the whole trace
+    time_scale: float = 1.0              # arrival times x this (2 = half the request rate)
     sample_ms: float = 1000.0            # tier-occupancy sampling period for plots
     label: str = ""
 
@@ -138,6 +139,8 @@ def validate(cfg: ReplayConfig, origin: str = "replay") -> None:
         bad("idle_power_fraction", f"must be in [0, 1], got {cfg.idle_power_fraction}")
     if cfg.sample_ms <= 0:
         bad("sample_ms", f"must be > 0, got {cfg.sample_ms}")
+    if not cfg.time_scale > 0:
+        bad("time_scale", f"must be > 0, got {cfg.time_scale}")
     if cfg.max_requests < 0 or cfg.block_tokens < 0:
         bad("max_requests" if cfg.max_requests < 0 else "block_tokens", "must be >= 0")
     if not cfg.trace:
@@ -159,7 +162,10 @@ def read_trace(cfg: ReplayConfig) -> dict:
     if cfg.max_requests:
         from itertools import islice
         reqs = islice(reqs, cfg.max_requests)
-    return trace_arrays(reqs)
+    arrays = trace_arrays(reqs)
+    if cfg.time_scale != 1.0:                # replay the same requests at another rate
+        arrays["arrival_ms"] = arrays["arrival_ms"] * cfg.time_scale
+    return arrays
 
 
 def _memory_tiers(topo, host: str, cfg: ReplayConfig) -> list[tuple[str, str, int]]:

@@ -3,6 +3,9 @@ import csv
 import json
 
 import pytest
+from pathlib import Path
+
+from cxlsim.errors import ConfigError
 
 from cxlsim.cli import main
 
@@ -109,3 +112,14 @@ def test_bad_arguments(capsys, argv, message):
 
 def test_missing_trace(capsys):
     assert "no such trace file" in error(capsys, ["replay", "nope.jsonl", "--no-progress"])
+
+
+def test_time_scale_stretches_arrivals_and_rejects_bad_values(tmp_path):
+    from cxlsim.replay import ReplayConfig, read_trace, validate
+    trace = str(Path(__file__).resolve().parents[1] / "traces" / "synth_small.jsonl")
+    base = read_trace(ReplayConfig(trace=trace))
+    slow = read_trace(ReplayConfig(trace=trace, time_scale=4.0))
+    assert (slow["arrival_ms"] == base["arrival_ms"] * 4.0).all()
+    assert (slow["block_keys"] == base["block_keys"]).all()
+    with pytest.raises(ConfigError, match="time_scale: must be > 0"):
+        validate(ReplayConfig(trace=trace, time_scale=0.0))

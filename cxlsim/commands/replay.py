@@ -13,7 +13,7 @@ from ..replay import ReplayConfig, load_config, run_replay, validate, write_outp
 OVERRIDES = ("model", "accel", "topology", "policy", "tp", "dram_gib", "cxl_gib", "hosts",
              "assign", "quantum_us", "token_budget", "max_batch", "mfu", "mbu", "reserve",
              "idle_power_fraction", "format", "block_tokens", "prefix_model", "max_requests",
-             "sample_ms", "label")
+             "time_scale", "sample_ms", "label")
 
 
 def add_config_args(p, trace_optional: bool = True) -> None:
@@ -41,6 +41,8 @@ def add_config_args(p, trace_optional: bool = True) -> None:
     p.add_argument("--block-tokens", type=int, help="tokens per KV block (token-id traces; Mooncake is 512)")
     p.add_argument("--prefix-model", help="Azure traces: none or shared-system-prompt:N")
     p.add_argument("--max-requests", type=int, help="replay only the first N requests")
+    p.add_argument("--time-scale", type=float,
+                   help="multiply arrival times (2 = half the request rate; default 1)")
     p.add_argument("--sample-ms", type=float, help="tier-occupancy sampling period (plots)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
