@@ -6,57 +6,15 @@ by a request sharing all blocks before it, so it is the least likely to be reuse
 Victim order per tier: lowest access count first, then the latest position in the request, then
 the least recently used. Counts follow a block across tiers; hits promote to tier 0 and victims
 demote one tier down (the base-class defaults)."""
-import heapq
-
-from .base import Policy
+from .heap_base import HeapEvictionPolicy
 from .registry import register
 
 
 @register("mooncake-length-aware")
-class MooncakeLengthAware(Policy):
-    def attach(self, view):
-        super().attach(view)
-        self.clock = 0
-        self.state = {}                                   # key -> (freq, -pos, last)
-        self.tier = {}
-        self.heaps = [[] for _ in range(view.n_tiers)]    # (freq, -pos, last, key), lazy
+class MooncakeLengthAware(HeapEvictionPolicy):
+    def new_priority(self, pos):
+        return (1, -pos, self.clock)
 
-    def _push(self, key):
-        heapq.heappush(self.heaps[self.tier[key]], (*self.state[key], key))
-
-    def on_insert(self, key, tier, pos, parent):
-        self.clock += 1
-        self.state[key] = (1, -pos, self.clock)
-        self.tier[key] = tier
-        self._push(key)
-
-    def on_hit(self, key, tier, pos, parent):
-        self.clock += 1
-        freq, npos, _ = self.state[key]
-        self.state[key] = (freq + 1, npos, self.clock)
-        self._push(key)
-        return 0 if self.promote_on_hit else tier
-
-    def on_move(self, key, src, dst):
-        self.tier[key] = dst
-        self._push(key)
-
-    def on_remove(self, key, tier):
-        del self.state[key], self.tier[key]
-
-    def victim(self, tier):
-        heap, skipped = self.heaps[tier], []
-        try:
-            while heap:
-                entry = heap[0]
-                key = entry[3]
-                if self.tier.get(key) != tier or self.state[key] != entry[:3]:
-                    heapq.heappop(heap)                   # stale
-                elif self.view.is_pinned(key):
-                    skipped.append(heapq.heappop(heap))
-                else:
-                    return key
-            raise LookupError(f"tier {tier}: every block is pinned")
-        finally:
-            for entry in skipped:
-                heapq.heappush(heap, entry)
+    def hit_priority(self, old):
+        freq, npos, _ = old
+        return (freq + 1, npos, self.clock)
