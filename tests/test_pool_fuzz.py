@@ -27,6 +27,9 @@ VALID = {
 BAD_VALUE = st.one_of(st.binary(max_size=8), st.floats(), st.lists(st.text(max_size=2),
                       min_size=1, max_size=3),
                       st.dictionaries(st.text(max_size=3), st.integers(-5, 5), max_size=2))
+# next_ns accepts any finite number or None, so only non-numbers and non-finite floats are bad
+BAD_NEXT_NS = st.one_of(st.binary(max_size=8), st.sampled_from([float("inf"), float("nan")]),
+                        st.text(max_size=3))
 BAD_ID = st.one_of(st.text(max_size=4), st.binary(max_size=4), st.floats(),
                    st.integers(-(1 << 63), -1), st.none())
 JUNK = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-(1 << 63), (1 << 64) - 1),
@@ -68,7 +71,8 @@ def malformed(draw):
         args[draw(st.text(min_size=1, max_size=6).filter(lambda s: s not in VALID[cmd]))] = 1
         return [msgpack.packb(request(cmd, args))] + [b"d"] * frames_for
     if kind == 6 and args:                          # a field of the wrong type
-        args[draw(st.sampled_from(sorted(args)))] = draw(BAD_VALUE)
+        field = draw(st.sampled_from(sorted(args)))
+        args[field] = draw(BAD_NEXT_NS if field == "next_ns" else BAD_VALUE)
         return [msgpack.packb(request(cmd, args))] + [b"d"] * frames_for
     if kind == 7:                                   # wrong number of data frames
         n = draw(st.integers(0, 3).filter(lambda n: n != frames_for))
