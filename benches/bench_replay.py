@@ -7,16 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import SHARED_TRACES, report
+from conftest import report
 from cxlsim.replay import ReplayConfig, read_trace, run_replay
-
-
-@pytest.fixture(scope="module")
-def azure_trace():
-    path = SHARED_TRACES / "AzureLLMInferenceTrace_conv.csv"
-    if not path.exists():
-        pytest.skip("../shared/traces not present: real public traces are not shipped with the repo")
-    return path
 
 
 def _cfg(path, **kw):

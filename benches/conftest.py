@@ -7,12 +7,21 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_TRACES = REPO.parent / "shared" / "traces"
 
 
-@pytest.fixture(scope="session")
-def conversation_trace():
-    path = SHARED_TRACES / "conversation_trace.jsonl"
+def shared_trace(name: str):
+    path = SHARED_TRACES / name
     if not path.exists():
         pytest.skip("../shared/traces not present: real public traces are not shipped with the repo")
     return path
+
+
+@pytest.fixture(scope="session")
+def conversation_trace():
+    return shared_trace("conversation_trace.jsonl")
+
+
+@pytest.fixture(scope="session")
+def azure_trace():
+    return shared_trace("AzureLLMInferenceTrace_conv.csv")
 
 
 def report(benchmark, **figures):

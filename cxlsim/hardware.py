@@ -12,11 +12,11 @@ KV-cache bytes per token (docs/replay.md, "KV-cache size"):
 """
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError
+from .tomlfile import read_toml
 from .topology import GIB, _Fields
 
 PRESETS = Path(__file__).resolve().parent / "presets"
@@ -91,12 +91,7 @@ class Model:
 # ----------------------------------------------------------------------------- loading
 
 def _load_toml(path: Path) -> dict:
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return read_toml(path)
 
 
 def _int(f: _Fields, key: str, default: int | None = None, positive: bool = True) -> int:

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import time
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from .serving.kvtiers import Tier, TieredKV
 from .serving.metrics import CSV_COLUMNS, fabric_summary, latency_summary, request_table
 from .serving.pooltier import PoolSide
 from .serving.scheduler import DEFAULT_MAX_BATCH, DEFAULT_TOKEN_BUDGET, SchedulerConfig
+from .tomlfile import read_toml
 from .topology import GIB, Link, Memory, load_topology
 from .traces import open_trace, trace_arrays
 
@@ -94,12 +94,7 @@ def _coerce(origin: str, key: str, value, typ: str):
 def load_config(path: str | Path) -> ReplayConfig:
     """A [replay] table of a TOML file; relative trace paths are taken from the file's folder."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    data = read_toml(path, "config file")
     extra = sorted(set(data) - {"replay"})
     if extra:
         raise ConfigError(f"{path}: {extra[0]}: unknown table (a config holds one [replay] table)")

@@ -8,11 +8,11 @@ The schema is documented in docs/model.md; presets live in cxlsim/presets/topolo
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import ConfigError
+from .tomlfile import read_toml
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets" / "topologies"
 MEMORY_KINDS = ("dram", "cxl", "hbm")
@@ -300,10 +300,4 @@ def load_topology(name_or_path: str | Path) -> Topology:
         if not path.exists():
             raise ConfigError(f"no topology preset named {str(name_or_path)!r} "
                               f"(presets: {', '.join(preset_names())}; or give a .toml path)")
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such topology file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    return parse_topology(data, origin=str(path))
+    return parse_topology(read_toml(path, "topology file"), origin=str(path))
