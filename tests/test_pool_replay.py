@@ -69,3 +69,48 @@ def test_four_host_processes_equal_in_process_replay(tmp_path):
     assert got == want
     summary = json.loads(solo.stdout)
     assert summary["requests"]["completed"] == len(want)
+
+
+def test_sigkill_of_one_replay_host_loses_no_capacity_and_others_finish(tmp_path):
+    """Four replay processes; host 3 is killed mid-replay. After the heartbeat timeout the server
+    drops it from the barrier, the three others finish all their requests, and the pool's
+    accounting still adds up (used + free = total, the C index agrees)."""
+    import signal
+    import time
+
+    from cxlsim.pool.client import PoolClient
+
+    trace = ROOT / "traces" / "synth_medium.jsonl"
+    args = ["--hosts", str(HOSTS), "--topology", "kv-pool-4host", "--cxl-gib", "64", "--no-plots",
+            "--no-progress", "--json"]
+    with pool_server(capacity_bytes=64 << 30, extent_mib=1, heartbeat_s=2) as (ep, proc, log):
+        procs = [subprocess.Popen([sys.executable, "-m", "cxlsim", "replay", str(trace), *args,
+                                   "--pool", ep, "--host-id", str(h), "--pool-timeout-s", "30"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  cwd=ROOT) for h in range(HOSTS)]
+        try:
+            time.sleep(2.5)                       # attached and replaying by now
+            assert procs[3].poll() is None, "host 3 finished before it could be killed"
+            procs[3].send_signal(signal.SIGKILL)
+            procs[3].wait(10)
+            for h in range(3):
+                out, err = procs[h].communicate(timeout=120)
+                assert procs[h].returncode == 0, f"host {h}: {err}"
+                summary = json.loads(out)
+                assert summary["requests"]["completed"] == summary["requests"]["total"] > 0
+            assert proc.poll() is None            # the server kept serving
+            probe = PoolClient(ep, 9, timeout_s=10.0, use_shm=False)
+            try:
+                probe.attach(9, 0)
+                stats = probe.stats()
+                probe.detach(9)
+            finally:
+                probe.close()
+            assert "3" not in stats["hosts"]      # the dead host was reaped
+            assert stats["used_bytes"] + stats["free_bytes"] == stats["capacity_bytes"]
+            assert stats["index_used_bytes"] == stats["used_bytes"]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(10)
