@@ -113,17 +113,19 @@ class KVStore:
         ops = self._ops
         if not ops:
             return
-        self._ops = []
         table = np.array(ops, dtype=_OP_DTYPE)            # one conversion for all four columns
+        # clear in place: the hot loops hold self._ops.append across policy calls, and a policy
+        # may make us flush (view.info) in the middle of them
+        ops.clear()
         codes, keys, tiers, sizes = (np.ascontiguousarray(table[f]) for f in _OP_DTYPE.names)
         failed = ffi.new("int64_t *")
         status = lib.cxl_index_apply(self._h, _core.ptr(codes, "uint8_t"), _core.ptr(keys, "uint64_t"),
                                      _core.ptr(tiers, "int32_t"), _core.ptr(sizes, "uint32_t"),
-                                     len(ops), failed)
+                                     len(table), failed)
         if status:
             self._load_mirror()
             raise CxlsimError(f"the block index changed behind this KVStore: queued change "
-                              f"{failed[0]} of {len(ops)} failed: "
+                              f"{failed[0]} of {len(table)} failed: "
                               f"{ffi.string(lib.cxl_last_error()).decode()}")
 
     def pin(self, key: int) -> None:

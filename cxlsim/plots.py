@@ -48,7 +48,8 @@ def replay_plots(result, out: Path) -> list[str]:
         if not occ:
             continue
         arr = np.array(occ, dtype=np.float64)
-        for i, name in enumerate(result.tier_names):
+        # a host samples its own tiers; a multi-host run's shared pool is not among them
+        for i, name in enumerate(result.tier_names[: arr.shape[1] - 1]):
             label = name if len(result.occupancy) == 1 else f"host{h} {name}"
             ax.step(arr[:, 0] / 1e9, arr[:, i + 1] / 2**30, where="post", label=label)
     ax.set(xlabel="time (s)", ylabel="KV bytes held (GiB)", title="Tier occupancy")

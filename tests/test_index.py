@@ -249,3 +249,29 @@ def test_evicts_the_only_unpinned_block_behind_pinned_ones(ordering):
     index.move(1, 1) if index.lookup(1) == 0 else None
     assert sorted(index.tier_keys(1).tolist()) == [1, 2]
     assert index.evict_one(1) == (1, 1)
+
+
+def test_a_policy_that_reads_info_mid_access_loses_no_change():
+    """Regression: view.info() flushes queued changes; the engine's cached queue must survive it."""
+    from cxlsim.policies.lru import LRU
+
+    class Curious(LRU):
+        def place(self, key, nbytes, pos, parent):
+            self.view.tier_stats(0)           # flushes
+            return 0
+
+        def on_hit(self, key, tier, pos, parent):
+            self.view.info(key)               # flushes
+            return super().on_hit(key, tier, pos, parent)
+
+    specs = [TierSpec("a", capacity_blocks=4), TierSpec("b", capacity_blocks=6)]
+    keys = _stream(5, 3000, 40)
+    expected = BlockIndex(specs).access_batch(keys, 1)
+    store = KVStore(BlockIndex(specs), Curious())
+    out = np.empty(len(keys), np.int8)
+    store.access_many(keys, 1, out)
+    store.flush()
+    assert (out == expected).all()
+    for tier in range(2):                     # the C index agrees with the engine's mirror
+        assert sorted(store.index.tier_keys(tier).tolist()) == sorted(
+            k for k, (t, _) in store._where.items() if t == tier)

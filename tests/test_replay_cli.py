@@ -123,3 +123,14 @@ def test_time_scale_stretches_arrivals_and_rejects_bad_values(tmp_path):
     assert (slow["block_keys"] == base["block_keys"]).all()
     with pytest.raises(ConfigError, match="time_scale: must be > 0"):
         validate(ReplayConfig(trace=trace, time_scale=0.0))
+
+
+def test_multi_host_replay_writes_its_plots(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    trace = Path(__file__).resolve().parents[1] / "traces" / "synth_small.jsonl"
+    out = tmp_path / "run"
+    assert main(["replay", str(trace), "--hosts", "4", "--topology", "kv-pool-4host",
+                 "--no-progress", "--out", str(out)]) == 0
+    assert {"summary.json", "requests.csv", "ttft_cdf.png", "tier_occupancy.png"} <= {
+        p.name for p in out.iterdir()}
+    assert "wrote" in capsys.readouterr().out
