@@ -12,6 +12,16 @@ import numpy as np
 MISSING = "plots skipped: matplotlib is not installed (pip install 'cxlsim[plot]')"
 
 
+
+def _save(fig, ax, path) -> str:
+    """Finish a figure the same way everywhere (grid, tight layout, 120 dpi) and close it."""
+    import matplotlib.pyplot as plt
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path.name
+
 def _pyplot():
     try:
         import matplotlib
@@ -37,11 +47,7 @@ def replay_plots(result, out: Path) -> list[str]:
     _cdf(ax, result.table["ttft_ms"], result.summary["config"]["policy"])
     ax.set_xscale("log")
     ax.set(xlabel="TTFT (s)", ylabel="fraction of requests", title="TTFT CDF")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "ttft_cdf.png", dpi=120)
-    plt.close(fig)
-    made.append("ttft_cdf.png")
+    made.append(_save(fig, ax, out / "ttft_cdf.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for h, occ in enumerate(result.occupancy):
@@ -55,11 +61,7 @@ def replay_plots(result, out: Path) -> list[str]:
     ax.set(xlabel="time (s)", ylabel="KV bytes held (GiB)", title="Tier occupancy")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "tier_occupancy.png", dpi=120)
-    plt.close(fig)
-    made.append("tier_occupancy.png")
+    made.append(_save(fig, ax, out / "tier_occupancy.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     span = result.summary["makespan_s"]
@@ -78,11 +80,7 @@ def replay_plots(result, out: Path) -> list[str]:
         ax.legend(fontsize=7)
     else:
         ax.text(0.5, 0.5, "no KV transfers", ha="center", transform=ax.transAxes)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "link_utilization.png", dpi=120)
-    plt.close(fig)
-    made.append("link_utilization.png")
+    made.append(_save(fig, ax, out / "link_utilization.png"))
     return [f"plots: {', '.join(made)}"]
 
 
@@ -102,8 +100,5 @@ def compare_plot(results, labels, out: Path) -> list[str]:
     ax.set_xscale("log")
     ax.set(xlabel="TTFT (s)", ylabel="fraction of requests", title="TTFT CDF by run")
     ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "compare_ttft_cdf.png", dpi=120)
-    plt.close(fig)
+    _save(fig, ax, out / "compare_ttft_cdf.png")
     return [f"plot: {out / 'compare_ttft_cdf.png'}"]

@@ -222,9 +222,11 @@ def parse_topology(data: dict, origin: str = "<memory>") -> Topology:
         name = t.get("name") if isinstance(t, dict) else None
         return f"[[{key}]] #{i + 1}" + (f" {name!r}" if isinstance(name, str) else "")
 
-    hosts = tuple(Host(name=(f := _Fields(origin, where("host", i, t), t, {"name", "source"})).str("name"),
-                       source=f.str("source", default=""))
-                  for i, t in enumerate(items("host")))
+    hosts = []
+    for i, t in enumerate(items("host")):
+        f = _Fields(origin, where("host", i, t), t, {"name", "source"})
+        hosts.append(Host(name=f.str("name"), source=f.str("source", default="")))
+    hosts = tuple(hosts)
     memories = tuple(_parse_memory(_Fields(origin, where("memory", i, t), t, _MEMORY_KEYS))
                      for i, t in enumerate(items("memory")))
     switches = []
