@@ -80,12 +80,13 @@ def _run_python(policy: Policy, index: BlockIndex, keys: np.ndarray, offsets: np
                 progress) -> np.ndarray:
     store = KVStore(index, policy)
     out = np.empty(len(keys), np.int8)
-    for r in range(len(offsets) - 1):
-        lo, hi = offsets[r], offsets[r + 1]
-        if hi > lo:
-            store.access_many(keys[lo:hi], 1, out[lo:hi])
+    step = 1000                      # requests per call: keeps the progress bar moving
+    for first in range(0, len(offsets) - 1, step):
+        bounds = offsets[first:first + step + 1]
+        lo, hi = int(bounds[0]), int(bounds[-1])
+        out[lo:hi] = store.access_requests(keys[lo:hi], bounds - lo, 1)
         if progress is not None:
-            progress.update(int(hi - lo))
+            progress.update(hi - lo)
     store.flush()
     return out
 

@@ -15,6 +15,8 @@ silently. Built-in policies skip all of this: they run whole streams in C (acces
 """
 from __future__ import annotations
 
+from itertools import repeat
+
 import numpy as np
 
 from . import _core
@@ -25,8 +27,12 @@ from .policies.base import Policy
 
 TOUCH, INSERT, REMOVE, MOVE = lib.CXL_OP_TOUCH, lib.CXL_OP_INSERT, lib.CXL_OP_REMOVE, lib.CXL_OP_MOVE
 FLUSH_EVERY = 4096
-_OP_DTYPE = np.dtype([("op", np.uint8), ("key", np.uint64), ("tier", np.int32), ("bytes", np.uint32)])
+# A queued change is two ints in one flat list, the key and (op | tier << 8 | bytes << 16): one
+# small tuple per change and one numpy conversion per flush is the cheapest write-behind found.
+_TIER_SHIFT, _SIZE_SHIFT = 8, 16
+MAX_TIERS = 1 << (_SIZE_SHIFT - _TIER_SHIFT)
 _GONE = (-1, 0)   # what _where.get returns for an absent key
+_NO_VICTIM = object()
 
 
 class PolicyError(CxlsimError, RuntimeError):
@@ -72,6 +78,8 @@ class KVStore:
         self.index = index
         self.policy = policy
         self.n_tiers = len(index.tiers)
+        if self.n_tiers > MAX_TIERS:
+            raise CxlsimError(f"KVStore supports at most {MAX_TIERS} tiers, got {self.n_tiers}")
         self.record_moves = record_moves
         self.moves: list[tuple[int, int, int, int]] = []   # (key, src tier, dst tier, bytes)
         self.drops: list[tuple[int, int, int]] = []        # (key, tier, bytes)
@@ -82,6 +90,7 @@ class KVStore:
         self._load_mirror()
         self.view = StoreView(self)
         policy.attach(self.view)
+        self._runs_allowed = self._allow_runs()
 
     # ------------------------------------------------------------------ state reads
     def _load_mirror(self) -> None:
@@ -113,20 +122,30 @@ class KVStore:
         ops = self._ops
         if not ops:
             return
-        table = np.array(ops, dtype=_OP_DTYPE)            # one conversion for all four columns
-        # clear in place: the hot loops hold self._ops.append across policy calls, and a policy
+        flat = np.array(ops, dtype=np.uint64)
+        # clear in place: the hot loops hold self._ops.extend across policy calls, and a policy
         # may make us flush (view.info) in the middle of them
         ops.clear()
-        codes, keys, tiers, sizes = (np.ascontiguousarray(table[f]) for f in _OP_DTYPE.names)
+        keys, packed = flat[0::2].copy(), flat[1::2]
+        codes = (packed & 0xFF).astype(np.uint8)
+        tiers = ((packed >> _TIER_SHIFT) & (MAX_TIERS - 1)).astype(np.int32)
+        sizes = packed >> _SIZE_SHIFT
+        if sizes.max() > 0xFFFFFFFF:
+            ops.extend(flat.tolist())
+            raise CxlsimError(f"block sizes are limited to 4 GiB - 1, got {int(sizes.max())}")
+        sizes = sizes.astype(np.uint32)
         failed = ffi.new("int64_t *")
         status = lib.cxl_index_apply(self._h, _core.ptr(codes, "uint8_t"), _core.ptr(keys, "uint64_t"),
                                      _core.ptr(tiers, "int32_t"), _core.ptr(sizes, "uint32_t"),
-                                     len(table), failed)
+                                     len(keys), failed)
         if status:
             self._load_mirror()
             raise CxlsimError(f"the block index changed behind this KVStore: queued change "
-                              f"{failed[0]} of {len(table)} failed: "
+                              f"{failed[0]} of {len(keys)} failed: "
                               f"{ffi.string(lib.cxl_last_error()).decode()}")
+
+    def _queue(self, op: int, key: int, tier: int, nbytes: int = 0) -> None:
+        self._ops.extend((key, op | tier << _TIER_SHIFT | nbytes << _SIZE_SHIFT))
 
     def pin(self, key: int) -> None:
         self.flush()
@@ -146,57 +165,176 @@ class KVStore:
     def access(self, key: int, nbytes: int, pos: int = 0, parent: int | None = None) -> int:
         """One block access: the tier that hit, or -1 for a miss (the block is then inserted
         where the policy places it, unless no room can be made there)."""
-        if len(self._ops) >= FLUSH_EVERY:
+        if len(self._ops) >= 2 * FLUSH_EVERY:
             self.flush()
         return self._access(key, self._where.get(key, _GONE)[0], nbytes, pos, parent)
 
     def access_many(self, keys: np.ndarray, nbytes: int, out: np.ndarray) -> None:
-        """Access a request's blocks in order (pos 0.., parent = previous key); out[i] gets the
-        hit tier or -1. Same decisions as calling access() per block, with the common steps
-        written out inline: this loop is what pure-Python policies are measured by."""
-        if len(self._ops) >= FLUSH_EVERY:
-            self.flush()
-        where, ops_append = self._where, self._ops.append
+        """Access one request's blocks in order (pos 0.., parent = previous key); out[i] gets
+        the hit tier or -1."""
+        out[:] = self.access_requests(keys, (0, len(keys)), nbytes)
+
+    def access_requests(self, keys: np.ndarray, offsets, nbytes: int) -> np.ndarray:
+        """Access the blocks of consecutive requests (request r is keys[offsets[r]:offsets[r+1]])
+        in order: the hit tier per access, -1 for a miss. Same decisions as calling access()
+        per block, with the common steps (hit, insert, evict-and-drop) written out inline and
+        runs of misses handed to the policy's admit_many when it has one: this loop is what
+        pure-Python policies are measured by, so it avoids every call the contract does not
+        require."""
+        where, ops = self._where, self._ops
+        ops_extend = ops.extend
         policy = self.policy
         on_hit, place, on_insert = policy.on_hit, policy.place, policy.on_insert
         # the base class always places in tier 0: skip the call when a policy keeps it
         default_place = type(policy).place is Policy.place
         n_tiers, used, blocks, caps = self.n_tiers, self._used, self._blocks, self._caps
-        parent = None
+        runs = default_place and self._runs_allowed
+        all_keys = keys.tolist()
+        offsets = list(offsets) if not isinstance(offsets, np.ndarray) else offsets.tolist()
         result = []
-        for pos, key in enumerate(keys.tolist()):
-            entry = where.get(key)
-            if entry is not None:                                   # hit
-                tier = entry[0]
-                ops_append((TOUCH, key, tier, 0))
-                dest = on_hit(key, tier, pos, parent)
-                if dest != tier:
-                    self.relocate(key, tier, self._tier(dest, "on_hit"))
-                result.append(tier)
-            else:                                                   # miss
-                if default_place:
-                    dest = 0
-                else:
-                    dest = place(key, nbytes, pos, parent)
-                    if type(dest) is not int or not 0 <= dest < n_tiers:
-                        self._tier(dest, "place")
-                cap_bytes, cap_blocks = caps[dest]
-                if (((not cap_bytes or used[dest] + nbytes <= cap_bytes)
-                        and (cap_blocks < 0 or blocks[dest] < cap_blocks))
-                        or self.make_room(dest, nbytes)):
-                    ops_append((INSERT, key, dest, nbytes))
-                    where[key] = (dest, nbytes)
-                    used[dest] += nbytes
-                    blocks[dest] += 1
-                    on_insert(key, dest, pos, parent)
-                result.append(-1)
-            parent = key
-        out[:] = result
+        for lo, hi in zip(offsets, offsets[1:]):
+            if len(ops) >= 2 * FLUSH_EVERY:
+                self.flush()
+            keylist = all_keys[lo:hi]
+            n = hi - lo
+            if runs:
+                # where each run of misses ends: the next key resident when the request
+                # arrives (an eviction during the request only splits a run, which changes
+                # nothing; a key repeated within the request would, so such requests scan)
+                resident = list(map(where.__contains__, keylist))
+                resident.append(True)
+                if len(set(keylist)) != n:
+                    resident = None
+            parent, pos = None, 0
+            while pos < n:
+                key = keylist[pos]
+                entry = where.get(key)
+                if entry is not None:                               # hit
+                    tier = entry[0]
+                    ops_extend((key, tier << _TIER_SHIFT))          # TOUCH
+                    dest = on_hit(key, tier, pos, parent)
+                    if dest != tier:
+                        self.relocate(key, tier, self._tier(dest, "on_hit"))
+                    result.append(tier)
+                elif runs:                                          # a run of misses
+                    if resident is not None:
+                        end = resident.index(True, pos + 1)
+                    else:
+                        end = pos + 1
+                        while end < n and keylist[end] not in where:
+                            end += 1
+                    run = keylist[pos:end]
+                    if resident is not None or len(run) == len(set(run)):
+                        self._admit_run(run, pos, parent, nbytes)
+                        result.extend([-1] * len(run))
+                        parent, pos = run[-1], end
+                        continue
+                    self._access(key, -1, nbytes, pos, parent)     # a repeated key would hit
+                    result.append(-1)
+                else:                                               # miss
+                    if default_place:
+                        dest = 0
+                    else:
+                        dest = place(key, nbytes, pos, parent)
+                        if type(dest) is not int or not 0 <= dest < n_tiers:
+                            self._tier(dest, "place")
+                    cap_bytes, cap_blocks = caps[dest]
+                    if (((not cap_bytes or used[dest] + nbytes <= cap_bytes)
+                            and (cap_blocks < 0 or blocks[dest] < cap_blocks))
+                            or self.make_room(dest, nbytes)):
+                        ops_extend((key, INSERT | dest << _TIER_SHIFT | nbytes << _SIZE_SHIFT))
+                        where[key] = (dest, nbytes)
+                        used[dest] += nbytes
+                        blocks[dest] += 1
+                        on_insert(key, dest, pos, parent)
+                    result.append(-1)
+                parent = key
+                pos += 1
+        return np.array(result, np.int8)
+
+    def _allow_runs(self) -> bool:
+        """Whether runs of misses may go to the policy's admit_many: tier 0 is counted in
+        blocks, and its victims can only be dropped."""
+        policy, cls = self.policy, type(self.policy)
+        drop_only = self.n_tiers == 1 or (cls.demote_to is Policy.demote_to
+                                          and not policy.demote_on_evict)
+        cap_bytes, cap_blocks = self._caps[0]
+        return policy.admit_many is not None and drop_only and not cap_bytes and cap_blocks != 0
+
+    def _admit_run(self, run: list[int], first_pos: int, parent, nbytes: int) -> None:
+        """Apply a run of misses to tier 0 through policy.admit_many, checking every victim."""
+        cap_blocks = self._caps[0][1]
+        blocks, used = self._blocks, self._used
+        free = len(run) if cap_blocks < 0 else max(cap_blocks - blocks[0], 0)
+        victims = self.policy.admit_many(0, run, first_pos, parent, free)
+        where, pins, ops_extend = self._where, self._pins, self._ops.extend
+        entry, insert_code = (0, nbytes), INSERT | nbytes << _SIZE_SHIFT
+        if self._apply_plain_run(run, victims, free, entry, insert_code):
+            return
+        drops = self.drops if self.record_moves else None
+        n_victims, used_victims = len(victims), 0
+        for key in run:
+            if free > 0:
+                free -= 1
+            else:
+                if used_victims == n_victims:
+                    raise PolicyError(f"policy {self.policy.name!r}: admit_many returned "
+                                      f"{n_victims} victims, fewer than the run needs")
+                victim = victims[used_victims]
+                used_victims += 1
+                if victim is None:                 # everything pinned: the key is not cached
+                    continue
+                ventry = where.get(victim)
+                if victim in pins or ventry is None or ventry[0] != 0:
+                    self._bad_victim(0, victim)
+                del where[victim]
+                ops_extend((victim, REMOVE))
+                used[0] -= ventry[1]
+                blocks[0] -= 1
+                if drops is not None:
+                    drops.append((victim, 0, ventry[1]))
+            where[key] = entry
+            ops_extend((key, insert_code))
+            used[0] += nbytes
+            blocks[0] += 1
+        if used_victims != n_victims:
+            raise PolicyError(f"policy {self.policy.name!r}: admit_many returned "
+                              f"{n_victims} victims, more than the run needs ({used_victims})")
+
+    def _apply_plain_run(self, run, victims, free, entry, insert_code) -> bool:
+        """The common run, applied with whole-list operations: every block the same size, one
+        victim per key past the free slots, all of them distinct, resident in tier 0 before the
+        run (none of the run's own keys) and unpinned. False, with nothing changed, otherwise."""
+        where, n_victims = self._where, len(victims)
+        if n_victims != max(len(run) - free, 0):
+            return False
+        if n_victims:
+            if not self._pins.keys().isdisjoint(victims):
+                return False
+            entries = list(map(where.pop, victims, repeat(None)))
+            if entries.count(entry) != n_victims:  # absent, another tier or size, or repeated
+                for victim, old in zip(victims, entries):
+                    if old is not None:
+                        where[victim] = old
+                return False
+            removes = [REMOVE] * (2 * n_victims)
+            removes[0::2] = victims
+            self._ops.extend(removes)
+            if self.record_moves:
+                self.drops.extend((victim, 0, entry[1]) for victim in victims)
+        where.update(dict.fromkeys(run, entry))
+        inserts = [insert_code] * (2 * len(run))
+        inserts[0::2] = run
+        self._ops.extend(inserts)
+        added = len(run) - n_victims
+        self._blocks[0] += added
+        self._used[0] += added * entry[1]
+        return True
 
     def _access(self, key: int, tier: int, nbytes: int, pos: int, parent) -> int:
         policy = self.policy
         if tier >= 0:
-            self._ops.append((TOUCH, key, tier, 0))
+            self._queue(TOUCH, key, tier)
             dest = policy.on_hit(key, tier, pos, parent)
             if dest != tier:
                 self.relocate(key, tier, self._tier(dest, "on_hit"))
@@ -205,7 +343,7 @@ class KVStore:
         if type(dest) is not int or not 0 <= dest < self.n_tiers:
             self._tier(dest, "place")
         if self.make_room(dest, nbytes):
-            self._ops.append((INSERT, key, dest, nbytes))
+            self._queue(INSERT, key, dest, nbytes)
             self._where[key] = (dest, nbytes)
             self._used[dest] += nbytes
             self._blocks[dest] += 1
@@ -226,7 +364,7 @@ class KVStore:
                 pins[key] -= 1
         if not ok:
             return False
-        self._ops.append((MOVE, key, dst, 0))
+        self._queue(MOVE, key, dst)
         self._where[key] = (dst, nbytes)
         self._used[src] -= nbytes
         self._blocks[src] -= 1
@@ -237,6 +375,11 @@ class KVStore:
         self.policy.on_move(key, src, dst)
         return True
 
+    def _bad_victim(self, tier: int, victim) -> None:
+        state = "pinned" if victim in self._pins else "not in that tier"
+        raise PolicyError(f"policy {self.policy.name!r}: victim({tier}) returned block "
+                          f"{victim!r}, which is {state}")
+
     def make_room(self, tier: int, nbytes: int) -> bool:
         """Evict from `tier` until nbytes fit; False if the policy cannot free enough."""
         cap_bytes, cap_blocks = self._caps[tier]
@@ -246,7 +389,7 @@ class KVStore:
             return True
         if (cap_bytes and nbytes > cap_bytes) or cap_blocks == 0:
             return False
-        policy, pins, where, ops = self.policy, self._pins, self._where, self._ops
+        policy, pins, where = self.policy, self._pins, self._where
         can_demote = self.n_tiers > 1          # with one tier a victim can only leave
         while not ((not cap_bytes or used[tier] + nbytes <= cap_bytes)
                    and (cap_blocks < 0 or blocks[tier] < cap_blocks)):
@@ -256,15 +399,13 @@ class KVStore:
                 return False   # everything pinned
             entry = where.get(victim)
             if victim in pins or entry is None or entry[0] != tier:
-                state = "pinned" if victim in pins else "not in that tier"
-                raise PolicyError(f"policy {policy.name!r}: victim({tier}) returned block "
-                                  f"{victim}, which is {state}")
+                self._bad_victim(tier, victim)
             if can_demote:
                 dest = policy.demote_to(victim, tier)
                 if dest is not None and self.relocate(victim, tier, self._tier(dest, "demote_to")):
                     continue
             vbytes = entry[1]
-            ops.append((REMOVE, victim, tier, 0))
+            self._queue(REMOVE, victim, tier)
             del where[victim]
             used[tier] -= vbytes
             blocks[tier] -= 1
@@ -297,7 +438,7 @@ class KVStore:
             raise CxlsimError(f"insert: block {key} is already resident")
         if not self.make_room(tier, nbytes):
             return False
-        self._ops.append((INSERT, key, tier, nbytes))
+        self._queue(INSERT, key, tier, nbytes)
         self._where[key] = (tier, nbytes)
         self._used[tier] += nbytes
         self._blocks[tier] += 1
@@ -310,7 +451,7 @@ class KVStore:
         if key in self._pins:
             self._where[key] = (tier, nbytes)
             raise CxlsimError(f"discard: block {key} is pinned")
-        self._ops.append((REMOVE, key, tier, 0))
+        self._queue(REMOVE, key, tier)
         self._used[tier] -= nbytes
         self._blocks[tier] -= 1
         self.policy.on_remove(key, tier)

@@ -27,6 +27,19 @@ engine flush queued changes to C, so keep them out of per-block paths. What it m
 victim, or rely on being told about blocks the engine pins or unpins (pinning is the engine's).
 Policies must be deterministic: the same calls in the same order give the same answers.
 
+Runs of misses (optional, for speed): calls cost more than most policies' own work, and most
+accesses in a full cache are misses that cost three calls (victim, on_remove, on_insert). A
+policy may define `admit_many(tier, keys, first_pos, parent, free_slots)`; the engine then hands
+it a whole run of consecutive absent blocks of one request when all of them go to `tier` and
+their victims can only be dropped (place() and demote_to() not overridden and nothing to demote
+to, or demote_on_evict False; capacity counted in blocks). For each key in order it must: if no
+free slot is left, choose a victim exactly as victim(tier) would and forget it as on_remove would
+(or append None if every block is pinned, and not record that key); then record the key as
+on_insert would (position first_pos + i, parent the previous key). It returns the victims, one
+entry per key that needed room. The engine checks every victim and applies the run in order.
+While the run is handled, the view does not yet show its changes, so a policy whose choices read
+the view (usage, bytes_of, tier_of) must not define it. Tests compare it with the per-block calls.
+
 A policy whose decisions equal one of the C orderings sets `c_ordering` (and `promote_on_hit`,
 `demote_on_evict` to match its on_hit/demote_to); engines may then run the whole stream in C
 (BlockIndex.access_batch). The pure-Python methods stay the reference: tests check both agree.
@@ -75,6 +88,11 @@ class Policy:
         if self.demote_on_evict and tier + 1 < self.view.n_tiers:
             return tier + 1
         return None
+
+    # ---- optional fast path -----------------------------------------------------------------
+    #: Optional: `admit_many(tier, keys, first_pos, parent, free_slots) -> victims`. None means
+    #: the engine makes the per-block calls. See the module docstring, "Runs of misses".
+    admit_many = None
 
     # ---- notifications (bookkeeping only) --------------------------------------------------
     def on_insert(self, key: int, tier: int, pos: int, parent: int | None) -> None:

@@ -29,6 +29,28 @@ class LRU(Policy):
     def on_remove(self, key, tier):
         del self.lists[tier][key]
 
+    def admit_many(self, tier, keys, first_pos, parent, free_slots):
+        order, need = self.lists[tier], len(keys) - free_slots
+        if need <= 0 or (not self.view.pinned and need <= len(order)):
+            # the run's victims are the `need` oldest blocks, all older than the run itself
+            victims = [order.popitem(last=False)[0] for _ in range(need)]
+            order.update(dict.fromkeys(keys))
+            return victims
+        victims = []                          # pins, or a run longer than the tier: block by block
+        for key in keys:
+            if free_slots > 0:
+                free_slots -= 1
+            else:
+                try:
+                    victim = self.victim(tier)
+                except LookupError:
+                    victims.append(None)
+                    continue
+                del order[victim]
+                victims.append(victim)
+            order[key] = None
+        return victims
+
     def victim(self, tier):
         pinned = self.view.pinned
         for key in self.lists[tier]:
