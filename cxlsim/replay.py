@@ -304,12 +304,14 @@ class _MergedFabric:
         return self.fabrics[0].route_resources(src, dst)
 
 
-def run_quanta(servers: list[ServingHost], sides: list[PoolSide], exchange, quantum_ns: float,
+def run_quanta(servers: list[ServingHost], sides: list[PoolSide], exchange,
                on_barrier=None) -> int:
-    """Advance hosts quantum by quantum. `exchange(seq, ops_by_host, next_ns_by_host)` is the
-    barrier; it returns the pool's delta, whose next_ns (the earliest next event of ANY host) sets
-    the next quantum, so idle stretches are skipped identically in every process. Returns the
-    number of barriers."""
+    """Advance hosts barrier by barrier. `exchange(seq, ops_by_host, next_ns_by_host)` is the
+    barrier; the pool's delta says how far to run next (`run_until_ns`: the end of the quantum
+    holding the earliest next event of ANY host, so idle stretches cost no barriers, the same
+    in every process). A host process whose pool parked it through barriers in which it had
+    nothing to do gets one merged delta, so `seq` follows the delta, not a local count.
+    Returns the number of barriers."""
     def barrier(seq):
         delta = exchange(seq, {s.host: s.take_ops() for s in sides},
                          {srv.id: srv.loop.peek_time() for srv in servers})
@@ -319,17 +321,12 @@ def run_quanta(servers: list[ServingHost], sides: list[PoolSide], exchange, quan
             on_barrier()
         return delta
 
-    seq, k = 0, 0
-    delta = barrier(seq)                       # agree on where the first work is
-    while math.isfinite(delta.next_ns):
-        k = max(k, int(delta.next_ns // quantum_ns))
-        end = (k + 1) * quantum_ns
+    delta = barrier(0)                         # agree on where the first work is
+    while math.isfinite(delta.run_until_ns):
         for srv in servers:
-            srv.loop.run(until=end)
-        seq += 1
-        delta = barrier(seq)
-        k += 1
-    return seq + 1
+            srv.loop.run(until=delta.run_until_ns)
+        delta = barrier(delta.quantum + 1)
+    return delta.quantum + 1
 
 
 def _run_pooled(cfg, dep, sched, topo, trace, wall0, progress, closed_form, client, only):
@@ -373,6 +370,14 @@ def _run_pooled(cfg, dep, sched, topo, trace, wall0, progress, closed_form, clie
             pool.attach(h, 0)
         exchange = pool.exchange_all
     else:
+        if client.quantum_ns != cfg.quantum_us * 1e3:
+            # the server keeps the schedule, so its quantum is the one every host runs by
+            raise ConfigError(f"pool server {client.endpoint} runs quanta of "
+                              f"{client.quantum_ns:g} ns, this replay asks for "
+                              f"{cfg.quantum_us * 1e3:g} ns: pass --quantum-us "
+                              f"{client.quantum_ns / 1e3:g}, or start the server with "
+                              f"--quantum-ns {cfg.quantum_us * 1e3:g}")
+
         def exchange(seq, ops, nexts):
             return client.exchange(only, seq, ops[only], nexts[only])
     bar = _progress(int(sum(np.isin(owner, list(mine)))), cfg, progress)
@@ -381,7 +386,7 @@ def _run_pooled(cfg, dep, sched, topo, trace, wall0, progress, closed_form, clie
             server.on_finish = lambda rid, now: bar.update(1)
     for server in servers:
         server.start()
-    barriers = run_quanta(servers, sides, exchange, cfg.quantum_us * 1e3)
+    barriers = run_quanta(servers, sides, exchange)
     if bar is not None:
         bar.close()
     for server, kv in zip(servers, kvs):

@@ -1,4 +1,5 @@
 """LocalPool: the in-process pool's semantics (quotas, isolation, eviction, barrier, coherence)."""
+import math
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -155,11 +156,12 @@ def test_barrier_order_does_not_depend_on_arrival():
                    2: ops(2, [(5.0, OP_PUT, 3, 4 * KIB, True), (7.0, OP_FREE, 2, 0, True)])}
         out = None
         for h in order:
-            d = p.exchange(h, 0, by_host[h])
+            released = p.exchange(h, 0, by_host[h])
             if h != order[-1]:
-                assert d is None
-            out = d
-        return out, p.stats()
+                assert released == {}
+        assert sorted(released) == [0, 1, 2]            # nobody has a next event: all go on
+        assert released[0] == released[1] == released[2]
+        return released[0], p.stats()
     a, b = run([0, 1, 2]), run([2, 0, 1])
     assert a == b
     delta = a[0]
@@ -177,11 +179,49 @@ def test_exchange_checks_quantum_and_hosts():
         p.exchange(0, 3, [])
     with pytest.raises(PoolError, match="missing"):
         p.exchange_all(0, {0: []})
-    assert p.exchange(0, 0, []) is None
+    assert p.exchange(0, 0, []) == {}
     with pytest.raises(PoolError, match="already"):
         p.exchange(0, 0, [])
     p.detach(1)
-    assert p.try_complete().quantum == 0 and p.quantum == 1
+    assert p.try_complete()[0].quantum == 0 and p.quantum == 1
+
+
+def test_hosts_without_work_are_parked_and_get_what_they_missed():
+    """Three hosts, 1 us quanta. Only hosts with an event before the next barrier's end are
+    released; a parked host later gets every delta it missed merged into one, and the schedule
+    (run_until_ns per barrier) is the one the in-process barrier computes."""
+    def put(h, t, key):
+        return [PoolOp(t, h, 0, OP_PUT, key, KIB, True)]
+
+    p = pool(quantum_ns=1000.0)
+    for h in range(3):
+        p.attach(h, 0)
+    assert p.exchange(0, 0, [], 100.0) == {} and p.exchange(1, 0, [], 1500.0) == {}
+    r0 = p.exchange(2, 0, [], 5500.0)
+    assert sorted(r0) == [0] and r0[0].run_until_ns == 1000.0       # quantum 0 holds t=100
+    r1 = p.exchange(0, 1, put(0, 100.0, 1), 2500.0)
+    assert sorted(r1) == [1] and r1[1].run_until_ns == 2000.0 and r1[1].added == (1,)
+    r2 = p.exchange(1, 2, put(1, 1600.0, 2), None)
+    assert sorted(r2) == [0] and r2[0].run_until_ns == 3000.0 and r2[0].added == (1, 2)
+    r3 = p.exchange(0, 3, [PoolOp(2500.0, 0, 1, OP_FREE, 1, 0, True)], None)
+    assert sorted(r3) == [2] and r3[2].run_until_ns == 6000.0      # the idle quanta skipped
+    assert r3[2].added == (2,) and r3[2].removed == (1,) and r3[2].quantum == 3
+    r4 = p.exchange(2, 4, [], None)
+    assert sorted(r4) == [0, 1, 2] and r4[0].run_until_ns == float("inf")
+
+    dense = pool(quantum_ns=1000.0)                  # the same barriers, every host each time
+    for h in range(3):
+        dense.attach(h, 0)
+    schedule = [dense.exchange_all(0, {0: [], 1: [], 2: []}, {0: 100.0, 1: 1500.0, 2: 5500.0}),
+                dense.exchange_all(1, {0: put(0, 100.0, 1), 1: [], 2: []},
+                                   {0: 2500.0, 1: 1500.0, 2: 5500.0}),
+                dense.exchange_all(2, {0: [], 1: put(1, 1600.0, 2), 2: []},
+                                   {0: 2500.0, 1: math.inf, 2: 5500.0}),
+                dense.exchange_all(3, {0: [PoolOp(2500.0, 0, 1, OP_FREE, 1, 0, True)], 1: [],
+                                       2: []}, {0: math.inf, 1: math.inf, 2: 5500.0}),
+                dense.exchange_all(4, {0: [], 1: [], 2: []}, {})]
+    assert [d.run_until_ns for d in schedule] == [1000.0, 2000.0, 3000.0, 6000.0, math.inf]
+    assert dense.stats() == p.stats()
 
 
 @settings(max_examples=60, deadline=None)

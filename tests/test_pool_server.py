@@ -211,7 +211,9 @@ def test_server_restart_gives_a_clear_error(tmp_path):
             c.attach(0, 0)
             c.put(0, 1, b"x", shared=True)
             stop(proc)
-            with pytest.raises(PoolError, match="no reply to get within 1 s"):
+            # over the local stream the client sees the socket close at once; over ZeroMQ the
+            # request times out: either way the message says what happened
+            with pytest.raises(PoolError, match="restarted or (down|unreachable)"):
                 c.get(0, 1)
             port_ep = endpoint
             with pool_server(bind=port_ep) as (endpoint2, proc2, log2):

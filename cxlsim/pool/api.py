@@ -72,6 +72,24 @@ class PoolDelta:
     #: earliest next event any host reported with its ops (inf: none has more work). Hosts skip
     #: the quanta before it together, so idle stretches of a trace cost no barriers.
     next_ns: float = float("inf")
+    #: the schedule: hosts run their events before this virtual time, then hand in the next
+    #: barrier (the end of the quantum holding next_ns; inf: the replay is over)
+    run_until_ns: float = float("inf")
+
+
+def merge_deltas(older: PoolDelta | None, newer: PoolDelta) -> PoolDelta:
+    """One delta with the effect of `older` then `newer` (for a host parked across barriers):
+    a key ends up added or removed by its last change; rejections and coherence add up."""
+    if older is None:
+        return newer
+    added = (set(older.added) - set(newer.removed)) | set(newer.added)
+    removed = (set(older.removed) - set(newer.added)) | set(newer.removed)
+    coherence: dict[int, float] = {}
+    for host, ns in older.coherence_ns + newer.coherence_ns:
+        coherence[host] = coherence.get(host, 0.0) + ns
+    return PoolDelta(newer.quantum, tuple(sorted(added)), tuple(sorted(removed - added)),
+                     older.rejected + newer.rejected, newer.used_bytes, newer.capacity_bytes,
+                     tuple(sorted(coherence.items())), newer.next_ns, newer.run_until_ns)
 
 
 @runtime_checkable

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import math
+import socket
 import time
 
 import numpy as np
@@ -23,6 +24,7 @@ from . import protocol as P
 from .api import PoolDelta, PoolOp
 from .local import as_bytes
 from .shm import DEFAULT_WINDOW_BYTES, ShmWindow
+from .stream import MessageReader, recv_message, send_message
 
 
 def _buffer(data):
@@ -40,7 +42,8 @@ def _buffer(data):
 class PoolClient:
     def __init__(self, endpoint: str, host_id: int, timeout_s: float = 5.0,
                  server_public_key: bytes | None = None, use_shm: bool | str = "auto",
-                 shm_bytes: int = DEFAULT_WINDOW_BYTES, heartbeat_s: float = 1.0):
+                 shm_bytes: int = DEFAULT_WINDOW_BYTES, heartbeat_s: float = 1.0,
+                 use_stream: bool = True):
         self.endpoint = endpoint
         self.host_id = host_id
         self.timeout_s = float(timeout_s)
@@ -49,6 +52,8 @@ class PoolClient:
         self._identity = b"cxlsim-host-" + os.urandom(12)
         self._ctx = zmq.Context()
         self._sock = None
+        self._stream = None                 # the local stream, once attached over one
+        self._want_stream = use_stream
         self._seq = 0
         self._connect()
         self.window = None
@@ -76,11 +81,64 @@ class PoolClient:
 
     def _send(self, cmd: str, args: dict, frames=()) -> int:
         self._seq += 1
-        self._sock.send_multipart([P.encode_request(self._seq, cmd, args), *frames], copy=False)
+        header = P.encode_request(self._seq, cmd, args)
+        if self._stream is not None:
+            try:
+                send_message(self._stream, [header, *frames])
+            except OSError as exc:
+                self._drop_stream()
+                raise PoolError(f"pool server {self.endpoint}: local stream closed while "
+                                f"sending {cmd} ({exc}): server restarted or down") from None
+        else:
+            self._sock.send_multipart([header, *frames], copy=False)
         return self._seq
 
+    def _next_message(self, deadline: float):
+        """The next reply's frames (buffers), or None at the deadline."""
+        if self._stream is not None:
+            try:
+                return recv_message(self._stream, self._stream_reader, deadline,
+                                    self._stream_pending)
+            except PoolError as exc:
+                self._drop_stream()
+                raise PoolError(f"pool server {self.endpoint}: {exc}") from None
+        left = deadline - time.monotonic()
+        if left <= 0 or not self._sock.poll(int(left * 1000) + 1):
+            return None
+        return [f.buffer for f in self._sock.recv_multipart(copy=False)]
+
+    @property
+    def transport(self) -> str:
+        """How requests travel now: "stream" (local Unix socket) or "zeromq"."""
+        return "stream" if self._stream is not None else "zeromq"
+
+    def _open_stream(self, path: str, token: str) -> None:
+        """Send every later request over the server's local stream (same machine only)."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout_s)
+            sock.connect(path)
+            send_message(sock, [P.encode_stream_hello(token)])
+            reader, pending = MessageReader(P.MAX_HEADER_BYTES), []
+            frames = recv_message(sock, reader, time.monotonic() + self.timeout_s, pending)
+            ok = frames is not None and P.decode_reply(frames[0]).get("ok")
+        except (OSError, PoolError, ProtocolError):
+            ok = False
+        if not ok:               # another machine's path, or refused: ZeroMQ it is
+            sock.close()
+            return
+        self._stream, self._stream_reader, self._stream_pending = sock, reader, pending
+
+    def _drop_stream(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+            self._stream = None
+
     def _timeout(self, cmd: str) -> PoolError:
-        self._connect()      # drop whatever might still arrive for the old request
+        # drop whatever might still arrive for the old request (the server, seeing the stream
+        # close, answers over ZeroMQ again)
+        self._drop_stream()
+        self._connect()
         return PoolError(f"pool server {self.endpoint}: no reply to {cmd} within "
                          f"{self.timeout_s:g} s (server down, restarted or unreachable"
                          f"{'; or a wrong server public key' if self._server_key else ''})")
@@ -89,14 +147,11 @@ class PoolClient:
         """Reply to request want_id, or None at the deadline. Replies to other requests go to
         `others(msg)` when given, else are dropped (stale replies of timed-out requests)."""
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            frames = self._next_message(deadline)
+            if frames is None:
                 return None
-            if not self._sock.poll(int(left * 1000) + 1):
-                continue
-            frames = self._sock.recv_multipart(copy=False)
             try:
-                msg = P.decode_reply(frames[0].buffer)
+                msg = P.decode_reply(frames[0])
             except ProtocolError as exc:
                 raise PoolError(f"pool server {self.endpoint}: bad reply to {cmd}: {exc}") from None
             if msg.get("id") != want_id:
@@ -130,6 +185,7 @@ class PoolClient:
             raise PoolError(f"{cmd}: {len(bad)} of {len(keys)} refused; first: {bad[0][1]}")
 
     def close(self) -> None:
+        self._drop_stream()
         if self._sock is not None:
             self._sock.close(0)
             self._sock = None
@@ -164,6 +220,8 @@ class PoolClient:
                 raise
         self.quantum_ns = info["quantum_ns"]
         self.server_info = info
+        if self._want_stream and info.get("stream") and self._stream is None:
+            self._open_stream(info["stream"], info["stream_token"])
 
     def resize(self, host: int, quota_bytes: int) -> None:
         self._me(host)
@@ -172,6 +230,7 @@ class PoolClient:
     def detach(self, host: int) -> None:
         self._me(host)
         self._call("detach", {})
+        self._drop_stream()          # the server closed its end with the reply
 
     def heartbeat(self, host: int) -> None:
         self._me(host)
@@ -248,11 +307,11 @@ class PoolClient:
             use_shm = self.window is not None
             result, frames = self._call_frames("get", {"keys": part, "shm": use_shm})
             if not use_shm:
-                out += [f.bytes for f in frames]
+                out += [bytes(f) for f in frames]
                 continue
             frames = iter(frames)
             for off, n in result:
-                out.append(next(frames).bytes if off < 0 else
+                out.append(bytes(next(frames)) if off < 0 else
                            self.window.buf[off:off + n].tobytes())
         return out
 
@@ -325,7 +384,8 @@ def delta_from_wire(d: dict) -> PoolDelta:
     return PoolDelta(d["quantum"], tuple(d["added"]), tuple(d["removed"]),
                      tuple(tuple(r) for r in d["rejected"]), d["used_bytes"], d["capacity_bytes"],
                      tuple((h, ns) for h, ns in d["coherence_ns"]),
-                     float("inf") if d.get("next_ns") is None else float(d["next_ns"]))
+                     float("inf") if d.get("next_ns") is None else float(d["next_ns"]),
+                     float("inf") if d.get("run_until_ns") is None else float(d["run_until_ns"]))
 
 
 def P_is_local(endpoint: str) -> bool:

@@ -24,13 +24,14 @@ Semantics (the contract's details; docs/protocol.md repeats them for the wire):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import CoreError, PoolError
 from ..index import BlockIndex, TierSpec
-from .api import OP_FREE, OP_KINDS, OP_PUT, OP_TOUCH, PoolDelta, PoolOp
+from .api import OP_FREE, OP_KINDS, OP_PUT, OP_TOUCH, PoolDelta, PoolOp, merge_deltas
 
 MAX_HOSTS = 64
 MAX_BLOCK_BYTES = (1 << 32) - 1       # the C index keeps block sizes in 32 bits
@@ -102,7 +103,9 @@ class LocalPool:
         self._evictions = 0
         self._changed: dict[int, bool] = {}    # key -> was visible to all at the last delta
         self._pending: dict[int, list[PoolOp]] = {}
-        self._next: dict[int, float] = {}          # next event time each pending host reported
+        self._next: dict[int, float] = {}          # next event time each host last reported
+        self._held: dict[int, PoolDelta | None] = {}   # parked host -> what it is owed so far
+        self._time_quantum = 0                     # virtual-time quantum the next barrier ends
         self._last_delta: PoolDelta | None = None
         self._quantum_coh: dict[int, float] = {}
 
@@ -180,6 +183,7 @@ class LocalPool:
         del self._hosts[host]
         self._pending.pop(host, None)
         self._next.pop(host, None)
+        self._held.pop(host, None)
 
     def heartbeat(self, host: int) -> None:
         self._host(host)
@@ -489,12 +493,19 @@ class LocalPool:
                 self._apply_op(op)
             except (PoolError, CoreError) as exc:
                 rejected.append((op.host, op.seq, str(exc)))
-        delta = self._delta(quantum, tuple(rejected), next_ns)
+        # the schedule: the next barrier ends the quantum holding the earliest next event
+        run_until = float("inf")
+        if math.isfinite(next_ns):
+            self._time_quantum = max(self._time_quantum, int(next_ns // self.quantum_ns))
+            run_until = (self._time_quantum + 1) * self.quantum_ns
+            self._time_quantum += 1
+        delta = self._delta(quantum, tuple(rejected), next_ns, run_until)
         self.quantum = quantum + 1
         self._last_delta = delta
         return delta
 
-    def _delta(self, quantum: int, rejected, next_ns: float = float("inf")) -> PoolDelta:
+    def _delta(self, quantum: int, rejected, next_ns: float = float("inf"),
+               run_until: float = float("inf")) -> PoolDelta:
         added, removed = [], []
         for key, was in self._changed.items():
             block = self._blocks.get(key)
@@ -507,7 +518,7 @@ class LocalPool:
         coh = tuple(sorted(self._quantum_coh.items()))
         self._quantum_coh = {}
         return PoolDelta(quantum, tuple(sorted(added)), tuple(sorted(removed)), rejected,
-                         self._used, self.capacity_bytes, coh, next_ns)
+                         self._used, self.capacity_bytes, coh, next_ns, run_until)
 
     def exchange_all(self, quantum: int, ops_by_host: dict[int, list[PoolOp]],
                      next_ns: dict[int, float] | None = None) -> PoolDelta:
@@ -526,31 +537,46 @@ class LocalPool:
                                                              default=float("inf")))
 
     def exchange(self, host: int, quantum: int, ops: list[PoolOp],
-                 next_ns: float | None = None) -> PoolDelta | None:
-        """Per-host barrier: returns None until the last attached host has handed in `quantum`,
-        then the delta (also kept as `last_delta` for the hosts that got None)."""
+                 next_ns: float | None = None) -> dict[int, PoolDelta]:
+        """Per-host barrier (the server's): host hands in its ops for barrier `quantum` and its
+        next event time. Returns {host: delta} for the hosts to release now: empty while the
+        barrier waits; when it completes, the hosts with work before the next barrier's end,
+        each with every delta it has not seen merged into one (all hosts once none has work).
+        A host whose next event lies beyond that stays parked: it counts as having handed in
+        nothing until the barrier in which it has work, so it makes no round trip for barriers
+        in which it could only wait."""
         self._host(host)
         if quantum != self.quantum:
             raise PoolError(f"host {host} handed in quantum {quantum}, the pool is at quantum "
                             f"{self.quantum}")
-        if host in self._pending:
+        if host in self._pending or host in self._held:
             raise PoolError(f"host {host} already handed in quantum {quantum}")
         self._pending[host] = list(ops)
         self._next[host] = float("inf") if next_ns is None else float(next_ns)
         return self.try_complete()
 
-    def try_complete(self) -> PoolDelta | None:
-        """Apply the pending quantum if every attached host has handed it in."""
-        if not self._pending or set(self._hosts) - set(self._pending):
-            return None
+    def try_complete(self) -> dict[int, PoolDelta]:
+        """Apply the pending barrier if every attached host has handed it in or is parked, and
+        return the releases (see exchange)."""
+        waiting = set(self._pending) | set(self._held)
+        if not waiting or set(self._hosts) - waiting:
+            return {}                    # (a host that left may leave only parked ones behind)
         pending, self._pending = self._pending, {}
-        nexts, self._next = self._next, {}
-        return self._apply_quantum(self.quantum, pending, min(nexts.values(), default=float("inf")))
+        delta = self._apply_quantum(self.quantum, pending, min(self._next.values(),
+                                                                default=float("inf")))
+        released = {}
+        for host in sorted(set(pending) | set(self._held)):
+            owed = merge_deltas(self._held.pop(host, None), delta)
+            if self._next[host] < delta.run_until_ns or not math.isfinite(delta.run_until_ns):
+                released[host] = owed
+            else:
+                self._held[host] = owed
+        return released
 
     @property
     def waiting(self) -> list[int]:
-        """Hosts that handed in the current quantum and wait for the others."""
-        return sorted(self._pending)
+        """Hosts that handed in the current barrier or are parked, waiting for the others."""
+        return sorted(set(self._pending) | set(self._held))
 
     @property
     def last_delta(self) -> PoolDelta | None:

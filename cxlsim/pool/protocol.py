@@ -217,6 +217,19 @@ def _check_request(header: dict, req_id: int, data: list):
     return req_id, cmd, checked, data
 
 
+def encode_stream_hello(token: str) -> bytes:
+    """First message on a local stream (stream.py): the token the attach reply gave."""
+    return pack({"v": VERSION, "stream_token": token})
+
+
+def decode_stream_hello(raw) -> str:
+    hello = _unpack(bytes(raw), 256, max_items=4, max_map=4)
+    if type(hello) is not dict or hello.get("v") != VERSION \
+            or type(hello.get("stream_token")) is not str:
+        raise ProtocolError(f"not a version-{VERSION} stream hello: {str(hello)[:60]}")
+    return hello["stream_token"]
+
+
 def encode_reply(req_id, result=None) -> bytes:
     return pack({"v": VERSION, "id": req_id, "ok": True, "result": result})
 

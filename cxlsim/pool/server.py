@@ -14,8 +14,13 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
+import secrets
+import shutil
 import signal
+import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -26,6 +31,7 @@ from . import protocol as P
 from .api import PoolOp
 from .local import LocalPool
 from .shm import ShmWindow
+from .stream import READ_BYTES, MessageReader, send_message
 
 POLL_MS = 50
 
@@ -57,6 +63,17 @@ class _Conn:
     host: int
     last_seen: float
     window: ShmWindow | None = None
+    token: str = ""                      # what this host presents to bind a local stream
+    stream: "_Stream | None" = None      # when bound, every reply goes there
+
+
+class _Stream:
+    """One accepted local-stream connection; `ident` is set once it presented a valid token."""
+
+    def __init__(self, sock: socket.socket, max_frame_bytes: int):
+        self.sock = sock
+        self.reader = MessageReader(max_frame_bytes)
+        self.ident: bytes | None = None
 
 
 class PoolServer:
@@ -85,7 +102,10 @@ class PoolServer:
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._conns: dict[bytes, _Conn] = {}     # identity -> attached host
         self._by_host: dict[int, bytes] = {}
-        self._waiting: dict[int, int] = {}       # host -> id of its pending exchange request
+        # host -> (id of its pending exchange request, the barrier it handed in)
+        self._waiting: dict[int, tuple[int, int]] = {}
+        self._released: dict[int, tuple[int, dict]] = {}  # host -> (barrier, last release sent)
+        self._open_stream_listener()
         self._stop = False
         self.served = 0
         self.errors = 0
@@ -96,17 +116,23 @@ class PoolServer:
 
     def serve(self, duration_s: float | None = None) -> None:
         end = None if duration_s is None else time.monotonic() + duration_s
-        poller = zmq.Poller()
+        poller = self._poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        poller.register(self._listener, zmq.POLLIN)
         while not self._stop and (end is None or time.monotonic() < end):
-            if poller.poll(POLL_MS):
-                # drain what is queued, but keep reaping even under a flood
-                for _ in range(256):
-                    try:
-                        msg = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    self._handle(msg[0].bytes, msg[1:])
+            for what, _ in poller.poll(POLL_MS):
+                if what is self.sock:
+                    # drain what is queued, but keep reaping even under a flood
+                    for _ in range(256):
+                        try:
+                            msg = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._handle(msg[0].bytes, [f.buffer for f in msg[1:]])
+                elif what == self._listener.fileno():   # plain sockets poll as their fd
+                    self._accept_stream()
+                elif what in self._streams:
+                    self._read_stream(self._streams[what])
             self._reap()
 
     def close(self) -> None:
@@ -114,11 +140,89 @@ class PoolServer:
             if conn.window is not None:
                 conn.window.close()
         self._conns.clear()
+        for stream in list(self._streams.values()):
+            self._close_stream(stream)
+        self._listener.close()
+        shutil.rmtree(self._stream_dir, ignore_errors=True)
         self.sock.close(0)
         self.ctx.term()
 
+    # ------------------------------------------------------------------ local streams
+    def _open_stream_listener(self) -> None:
+        # mkdtemp makes a directory only this user can enter: other users cannot even connect
+        self._stream_dir = tempfile.mkdtemp(prefix="cxlsim-pool-")
+        self.stream_path = os.path.join(self._stream_dir, "stream.sock")
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(self.stream_path)
+        self._listener.listen(64)
+        self._listener.setblocking(False)
+        self._streams: dict[int, _Stream] = {}            # by file descriptor
+        self._poller = None
+
+    def _accept_stream(self) -> None:
+        try:
+            sock, _ = self._listener.accept()
+        except BlockingIOError:
+            return
+        # replies block at most this long on a host that stopped reading; then it is cut off
+        sock.settimeout(self.heartbeat_timeout_s)
+        self._streams[sock.fileno()] = _Stream(sock, max(self.max_frame_bytes, P.MAX_HEADER_BYTES))
+        self._poller.register(sock, zmq.POLLIN)
+
+    def _close_stream(self, stream: _Stream) -> None:
+        if self._poller is not None:
+            self._poller.unregister(stream.sock)
+        self._streams.pop(stream.sock.fileno(), None)
+        conn = self._conns.get(stream.ident) if stream.ident is not None else None
+        if conn is not None and conn.stream is stream:
+            conn.stream = None           # replies go back to ZeroMQ
+        stream.sock.close()
+
+    def _read_stream(self, stream: _Stream) -> None:
+        try:
+            data = stream.sock.recv(READ_BYTES)
+            messages = stream.reader.feed(data) if data else None
+        except (OSError, ProtocolError) as exc:
+            print(f"cxlsim pool: local stream closed: {exc}", file=self.log)
+            messages = None
+        if messages is None:             # the host closed it, died, or broke the framing
+            self._close_stream(stream)
+            return
+        for frames in messages:
+            if stream.ident is None:
+                self._bind_stream(stream, frames)
+                if stream.ident is None:
+                    return
+            else:
+                self._handle(stream.ident, frames)
+
+    def _bind_stream(self, stream: _Stream, frames) -> None:
+        """The first message on a stream is a hello with the token an attached host was given."""
+        try:
+            token = P.decode_stream_hello(frames[0]) if len(frames) == 1 else ""
+        except ProtocolError:
+            token = ""
+        for ident, conn in self._conns.items():
+            if token and secrets.compare_digest(conn.token.encode(), token.encode()):
+                if conn.stream is not None:
+                    self._close_stream(conn.stream)
+                stream.ident, conn.stream = ident, stream
+                self._send(ident, P.encode_reply(None, {"stream": True}))
+                return
+        print("cxlsim pool: local stream without a valid token closed", file=self.log)
+        self._close_stream(stream)
+
     # ------------------------------------------------------------------ replies
     def _send(self, ident: bytes, header: bytes, frames=()) -> None:
+        conn = self._conns.get(ident)
+        if conn is not None and conn.stream is not None:
+            try:
+                send_message(conn.stream.sock, [header, *frames])
+            except OSError as exc:     # gone, or stopped reading for a heartbeat timeout
+                print(f"cxlsim pool: host {conn.host}: local stream closed ({exc})",
+                      file=self.log)
+                self._close_stream(conn.stream)
+            return
         try:
             self.sock.send_multipart([ident, header, *frames], copy=False)
         except zmq.ZMQError as exc:   # peer gone: nothing to tell it
@@ -130,9 +234,9 @@ class PoolServer:
 
     # ------------------------------------------------------------------ requests
     def _handle(self, ident: bytes, frames: list) -> None:
+        """One request; `frames` are buffers (from ZeroMQ or a local stream)."""
         try:
-            req_id, cmd, args, data = P.decode_request([f.buffer for f in frames],
-                                                       self.max_frame_bytes)
+            req_id, cmd, args, data = P.decode_request(frames, self.max_frame_bytes)
         except ProtocolError as exc:
             req_id = getattr(exc, "req_id", None)
             # a readable id means the frame was msgpack and the fault is in its fields
@@ -185,16 +289,21 @@ class PoolServer:
             if window is not None:
                 window.close(unlink=False)
             raise
-        self._conns[ident] = _Conn(host, time.monotonic(), window)
+        conn = self._conns[ident] = _Conn(host, time.monotonic(), window, secrets.token_hex(16))
         self._by_host[host] = ident
         print(f"cxlsim pool: host {host} attached (quota {args['quota']} B, "
               f"shm {'yes' if window else 'no'})", file=self.log)
-        self._send(ident, P.encode_reply(req_id, self._sync()))
+        self._send(ident, P.encode_reply(req_id, {**self._sync(), "stream": self.stream_path,
+                                                  "stream_token": conn.token}))
 
     def _drop_host(self, ident: bytes, reason: str) -> None:
-        conn = self._conns.pop(ident)
+        conn = self._conns[ident]
+        if conn.stream is not None:
+            self._close_stream(conn.stream)
+        del self._conns[ident]
         self._by_host.pop(conn.host, None)
         self._waiting.pop(conn.host, None)
+        self._released.pop(conn.host, None)
         self.pool.detach(conn.host)
         if conn.window is not None:
             # a dead host cannot remove its window any more; a detaching one already may have
@@ -212,21 +321,17 @@ class PoolServer:
                                        f"detached, its private blocks and pins freed")
 
     def _complete_barrier(self) -> None:
-        delta = self.pool.try_complete()
-        if delta is not None:
-            self._release(delta)
+        self._release(self.pool.try_complete())
 
-    def _release(self, delta) -> None:
-        result = _delta_to_wire(delta)
-        header_cache = {}
-        for host, req_id in sorted(self._waiting.items()):
+    def _release(self, releases: dict) -> None:
+        """Answer the exchange of each host the pool releases (the others stay parked)."""
+        for host, delta in sorted(releases.items()):
+            req_id, handed_in = self._waiting.pop(host)
+            result = _delta_to_wire(delta)
+            self._released[host] = (handed_in, result)
             ident = self._by_host.get(host)
-            if ident is None:
-                continue
-            header = header_cache.get(req_id) or P.encode_reply(req_id, result)
-            header_cache[req_id] = header
-            self._send(ident, header)
-        self._waiting.clear()
+            if ident is not None:
+                self._send(ident, P.encode_reply(req_id, result))
 
     # ------------------------------------------------------------------ commands
     # Each returns (result, data frames) to reply now, or None when the reply comes later.
@@ -234,8 +339,9 @@ class PoolServer:
         return {"quantum": self.pool.quantum, "waiting": self.pool.waiting}, ()
 
     def _cmd_detach(self, ident, conn, req_id, args, data):
+        self._send(ident, P.encode_reply(req_id, None))   # while its stream is still known
         self._drop_host(ident, "detached")
-        return None, ()
+        return None
 
     def _cmd_resize(self, ident, conn, req_id, args, data):
         self.pool.resize(conn.host, args["quota"])
@@ -312,19 +418,17 @@ class PoolServer:
 
     def _cmd_exchange(self, ident, conn, req_id, args, data):
         host, quantum = conn.host, args["quantum"]
-        if host in self._waiting and quantum == self.pool.quantum:
-            self._waiting[host] = req_id      # the client retried after a timeout
+        if host in self._waiting and quantum == self._waiting[host][1]:
+            self._waiting[host] = (req_id, quantum)   # the client retried after a timeout
             return None
+        last = self._released.get(host)
+        if last is not None and last[0] == quantum and host not in self._waiting:
+            return last[1], ()        # a retry whose release was lost on the way: send it again
         ops = [PoolOp(t, host, seq, kind, key, nbytes, shared)
                for t, seq, kind, key, nbytes, shared in args["ops"]]
-        if quantum == self.pool.quantum - 1 and self.pool.last_delta is not None \
-                and host not in self._waiting:
-            # retry of a quantum that completed while the client's reply was lost
-            return _delta_to_wire(self.pool.last_delta), ()
-        delta = self.pool.exchange(host, quantum, ops, args.get("next_ns"))
-        self._waiting[host] = req_id
-        if delta is not None:
-            self._release(delta)
+        releases = self.pool.exchange(host, quantum, ops, args.get("next_ns"))
+        self._waiting[host] = (req_id, quantum)
+        self._release(releases)
         return None
 
 
@@ -333,7 +437,8 @@ def _delta_to_wire(delta) -> dict:
             "rejected": [list(r) for r in delta.rejected], "used_bytes": delta.used_bytes,
             "capacity_bytes": delta.capacity_bytes,
             "coherence_ns": [list(c) for c in delta.coherence_ns],
-            "next_ns": delta.next_ns if math.isfinite(delta.next_ns) else None}
+            "next_ns": delta.next_ns if math.isfinite(delta.next_ns) else None,
+            "run_until_ns": delta.run_until_ns if math.isfinite(delta.run_until_ns) else None}
 
 
 def run_server(pool: LocalPool, bind: str, ready=print, **kw) -> int:
