@@ -34,9 +34,48 @@ typedef struct {
 
 int cxl_keytab_init(cxl_keytab *t, uint64_t min_entries);
 void cxl_keytab_destroy(cxl_keytab *t);
-int cxl_keytab_add(cxl_keytab *t, uint64_t key, uint32_t id);
-/* Remove the slot that maps to record id (which holds key). */
-void cxl_keytab_del(cxl_keytab *t, uint64_t key, uint32_t id);
+/* Double the capacity (out of line: rare). */
+int cxl_keytab_grow(cxl_keytab *t);
+
+/* add and del are inline: the access loop calls them once per miss */
+static inline void cxl_keytab_put(cxl_keytab *t, uint64_t slot)
+{
+    uint64_t i = (slot >> 32) & t->mask;
+    while (t->slots[i]) i = (i + 1) & t->mask;
+    t->slots[i] = slot;
+    t->count++;
+}
+
+static inline int cxl_keytab_add(cxl_keytab *t, uint64_t key, uint32_t id)
+{
+    if ((uint64_t)(t->count + 1) * 3 > (t->mask + 1) * 2) {
+        int st = cxl_keytab_grow(t);
+        if (st) return st;
+    }
+    cxl_keytab_put(t, ((uint64_t)(uint32_t)cxl_mix64(key) << 32) | (uint64_t)(id + 1));
+    return CXL_OK;
+}
+
+/* Remove the slot that maps to record id (which holds key). Linear probing keeps load under 2/3;
+ * deletion shifts later entries back (no tombstones), so probe chains stay short. */
+static inline void cxl_keytab_del(cxl_keytab *t, uint64_t key, uint32_t id)
+{
+    uint64_t i = (uint32_t)cxl_mix64(key) & t->mask;
+    while (t->slots[i] && (uint32_t)t->slots[i] != id + 1) i = (i + 1) & t->mask;
+    if (!t->slots[i]) return;
+    /* backward shift: move up any later entry whose home slot does not lie in (i, j] */
+    uint64_t j = i;
+    for (;;) {
+        j = (j + 1) & t->mask;
+        uint64_t s = t->slots[j];
+        if (!s) break;
+        uint64_t home = (s >> 32) & t->mask;
+        int between = (i <= j) ? (i < home && home <= j) : (i < home || home <= j);
+        if (!between) { t->slots[i] = s; i = j; }
+    }
+    t->slots[i] = 0;
+    t->count--;
+}
 
 static inline void cxl_keytab_prefetch(const cxl_keytab *t, uint64_t key)
 {

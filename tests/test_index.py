@@ -180,6 +180,35 @@ def test_byte_capacities_and_sizes_agree_too():
     assert (c_out == py_out).all()
 
 
+@pytest.mark.parametrize("ordering", ["lru", "fifo"])
+def test_one_list_tier_fast_path_agrees_on_everything(ordering):
+    """One LRU or FIFO tier limited by blocks takes access_batch's specialised loop (a full tier's
+    victim record is reused in place): answers, order, counters and sizes match the Python path."""
+    specs = [TierSpec("t0", capacity_blocks=40, ordering=ordering)]
+    keys = _stream(4)
+    sizes = (keys.astype(np.int64) % 7 * 100 + 100).astype(np.uint32)
+    fast = BlockIndex(specs)
+    c_out = fast.access_batch(keys, sizes)
+    store = KVStore(BlockIndex(specs), make_policy(ordering))
+    py_out = np.array([store.access(int(k), int(b)) for k, b in zip(keys, sizes)], np.int8)
+    store.flush()
+    assert (c_out == py_out).all()
+    assert fast.tier_keys(0).tolist() == store.index.tier_keys(0).tolist()
+    assert fast.tier_stats(0) == store.index.tier_stats(0)
+    assert all(fast.info(k) == store.index.info(k) for k in fast.tier_keys(0).tolist())
+
+
+def test_a_reused_record_forgets_its_sharers():
+    index = BlockIndex([TierSpec("hbm", capacity_blocks=2)])
+    index.access_batch(np.array([1, 2], np.uint64), 1)
+    index.set_sharers(1, 0b101)
+    index.access_batch(np.array([2], np.uint64), 1)
+    assert index.info(1).sharers == 0b101
+    index.access_batch(np.array([3], np.uint64), 1)      # evicts 1: its record now holds 3
+    assert index.lookup(1) == -1
+    assert index.info(3).sharers == 0
+
+
 def test_pinned_blocks_survive_the_fast_path():
     index = BlockIndex([TierSpec("hbm", capacity_blocks=4)])
     index.access_batch(np.array([1, 2, 3, 4], np.uint64), 1)
