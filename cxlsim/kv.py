@@ -35,6 +35,11 @@ _GONE = (-1, 0)   # what _where.get returns for an absent key
 _NO_VICTIM = object()
 
 
+def _check_size(nbytes: int) -> None:
+    if not 0 <= nbytes <= 0xFFFFFFFF:
+        raise CxlsimError(f"block sizes are limited to 0..4 GiB - 1 bytes, got {nbytes}")
+
+
 class PolicyError(CxlsimError, RuntimeError):
     """A policy returned a decision the engine cannot apply."""
 
@@ -129,11 +134,7 @@ class KVStore:
         keys, packed = flat[0::2].copy(), flat[1::2]
         codes = (packed & 0xFF).astype(np.uint8)
         tiers = ((packed >> _TIER_SHIFT) & (MAX_TIERS - 1)).astype(np.int32)
-        sizes = packed >> _SIZE_SHIFT
-        if sizes.max() > 0xFFFFFFFF:
-            ops.extend(flat.tolist())
-            raise CxlsimError(f"block sizes are limited to 4 GiB - 1, got {int(sizes.max())}")
-        sizes = sizes.astype(np.uint32)
+        sizes = (packed >> _SIZE_SHIFT).astype(np.uint32)
         failed = ffi.new("int64_t *")
         status = lib.cxl_index_apply(self._h, _core.ptr(codes, "uint8_t"), _core.ptr(keys, "uint64_t"),
                                      _core.ptr(tiers, "int32_t"), _core.ptr(sizes, "uint32_t"),
@@ -145,6 +146,7 @@ class KVStore:
                               f"{ffi.string(lib.cxl_last_error()).decode()}")
 
     def _queue(self, op: int, key: int, tier: int, nbytes: int = 0) -> None:
+        _check_size(nbytes)
         self._ops.extend((key, op | tier << _TIER_SHIFT | nbytes << _SIZE_SHIFT))
 
     def pin(self, key: int) -> None:
@@ -189,6 +191,7 @@ class KVStore:
         default_place = type(policy).place is Policy.place
         n_tiers, used, blocks, caps = self.n_tiers, self._used, self._blocks, self._caps
         runs = default_place and self._runs_allowed
+        _check_size(nbytes)
         all_keys = keys.tolist()
         offsets = list(offsets) if not isinstance(offsets, np.ndarray) else offsets.tolist()
         result = []
@@ -263,14 +266,48 @@ class KVStore:
 
     def _admit_run(self, run: list[int], first_pos: int, parent, nbytes: int) -> None:
         """Apply a run of misses to tier 0 through policy.admit_many, checking every victim."""
-        cap_blocks = self._caps[0][1]
-        blocks, used = self._blocks, self._used
-        free = len(run) if cap_blocks < 0 else max(cap_blocks - blocks[0], 0)
+        cap_blocks, n = self._caps[0][1], len(run)
+        free = n if cap_blocks < 0 else cap_blocks - self._blocks[0]
         victims = self.policy.admit_many(0, run, first_pos, parent, free)
+        entry = (0, nbytes)
+        if not self._apply_plain_run(run, victims, max(n - free, 0), entry):
+            self._apply_run_by_block(run, victims, free, entry)
+
+    def _apply_plain_run(self, run, victims, need: int, entry) -> bool:
+        """The common run, applied with whole-list operations: every block the same size, one
+        victim per key past the free slots, all of them distinct, resident in tier 0 before the
+        run (none of the run's own keys) and unpinned. False, with nothing changed, otherwise."""
+        where = self._where
+        if len(victims) != need:
+            return False
+        if need:
+            pins = self._pins
+            if pins and not pins.keys().isdisjoint(victims):
+                return False
+            entries = list(map(where.pop, victims, repeat(None)))
+            if entries.count(entry) != need:      # absent, another tier or size, or repeated
+                for victim, old in zip(victims, entries):
+                    if old is not None:
+                        where[victim] = old
+                return False
+            if self.record_moves:
+                self.drops.extend((victim, 0, entry[1]) for victim in victims)
+        where.update(dict.fromkeys(run, entry))
+        # the queued changes: every victim's REMOVE, then every key's INSERT
+        changes = [REMOVE] * (2 * need) + [INSERT | entry[1] << _SIZE_SHIFT] * (2 * len(run))
+        changes[0:2 * need:2] = victims
+        changes[2 * need::2] = run
+        self._ops.extend(changes)
+        added = len(run) - need
+        self._blocks[0] += added
+        self._used[0] += added * entry[1]
+        return True
+
+    def _apply_run_by_block(self, run, victims, free: int, entry) -> None:
+        """Any other run (pins, victims from the run itself, none found): key by key."""
         where, pins, ops_extend = self._where, self._pins, self._ops.extend
-        entry, insert_code = (0, nbytes), INSERT | nbytes << _SIZE_SHIFT
-        if self._apply_plain_run(run, victims, free, entry, insert_code):
-            return
+        blocks, used, nbytes = self._blocks, self._used, entry[1]
+        insert_code = INSERT | nbytes << _SIZE_SHIFT
         drops = self.drops if self.record_moves else None
         n_victims, used_victims = len(victims), 0
         for key in run:
@@ -300,36 +337,6 @@ class KVStore:
         if used_victims != n_victims:
             raise PolicyError(f"policy {self.policy.name!r}: admit_many returned "
                               f"{n_victims} victims, more than the run needs ({used_victims})")
-
-    def _apply_plain_run(self, run, victims, free, entry, insert_code) -> bool:
-        """The common run, applied with whole-list operations: every block the same size, one
-        victim per key past the free slots, all of them distinct, resident in tier 0 before the
-        run (none of the run's own keys) and unpinned. False, with nothing changed, otherwise."""
-        where, n_victims = self._where, len(victims)
-        if n_victims != max(len(run) - free, 0):
-            return False
-        if n_victims:
-            if not self._pins.keys().isdisjoint(victims):
-                return False
-            entries = list(map(where.pop, victims, repeat(None)))
-            if entries.count(entry) != n_victims:  # absent, another tier or size, or repeated
-                for victim, old in zip(victims, entries):
-                    if old is not None:
-                        where[victim] = old
-                return False
-            removes = [REMOVE] * (2 * n_victims)
-            removes[0::2] = victims
-            self._ops.extend(removes)
-            if self.record_moves:
-                self.drops.extend((victim, 0, entry[1]) for victim in victims)
-        where.update(dict.fromkeys(run, entry))
-        inserts = [insert_code] * (2 * len(run))
-        inserts[0::2] = run
-        self._ops.extend(inserts)
-        added = len(run) - n_victims
-        self._blocks[0] += added
-        self._used[0] += added * entry[1]
-        return True
 
     def _access(self, key: int, tier: int, nbytes: int, pos: int, parent) -> int:
         policy = self.policy

@@ -1,5 +1,6 @@
 """LRU: evict the least recently used block of the tier (reference for the C ordering)."""
 from collections import OrderedDict
+from itertools import repeat
 
 from .base import Policy
 from .registry import register
@@ -33,7 +34,7 @@ class LRU(Policy):
         order, need = self.lists[tier], len(keys) - free_slots
         if need <= 0 or (not self.view.pinned and need <= len(order)):
             # the run's victims are the `need` oldest blocks, all older than the run itself
-            victims = [order.popitem(last=False)[0] for _ in range(need)]
+            victims = [key for key, _ in map(order.popitem, repeat(False, need))]
             order.update(dict.fromkeys(keys))
             return victims
         victims = []                          # pins, or a run longer than the tier: block by block
