@@ -254,3 +254,22 @@ def test_accounting_invariants_hold_under_any_sequence(steps):
         assert s["used_bytes"] + s["free_bytes"] == s["capacity_bytes"]
         for h, hs in s["hosts"].items():
             assert hs["private_bytes"] <= hs["quota_bytes"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sets(st.integers(0, 9)), st.sets(st.integers(0, 9))),
+                min_size=1, max_size=6),
+       st.sets(st.integers(0, 9)))
+def test_a_merged_delta_has_the_effect_of_its_parts_in_order(changes, mirror):
+    from cxlsim.pool.api import PoolDelta, merge_deltas
+    from cxlsim.serving.pooltier import PoolSide
+
+    deltas = [PoolDelta(q, tuple(sorted(a)), tuple(sorted(r)), ((1, q, "x"),))
+              for q, (a, r) in enumerate(changes)]
+    one_by_one, merged = PoolSide(1, "pool", 1), PoolSide(1, "pool", 1)
+    one_by_one.mirror, merged.mirror = set(mirror), set(mirror)
+    for d in deltas:
+        one_by_one.apply(d)
+    merged.apply(merge_deltas(deltas))
+    assert merged.mirror == one_by_one.mirror
+    assert merged.rejected == one_by_one.rejected == len(deltas)

@@ -246,3 +246,42 @@ def test_curve_client_without_key_is_not_served(tmp_path):
             c.attach(0, 0)
             c.put(0, 1, b"secret", shared=True)
             assert c.get(0, 1) == b"secret"
+
+
+def test_local_stream_carries_requests_and_large_blocks(clients):
+    fast, plain = clients(20, use_shm=False), clients(21, use_shm=False, use_stream=False)
+    fast.attach(20, 8 * MIB)
+    plain.attach(21, 8 * MIB)
+    assert (fast.transport, plain.transport) == ("stream", "zeromq")
+    block = np.random.default_rng(3).integers(0, 255, 3 * MIB, dtype=np.uint8)
+    fast.put(20, 7001, block, shared=True)          # one 3 MiB frame over the stream
+    fast.put_many(20, [(7002 + i, bytes([i]) * 70_000) for i in range(40)])
+    assert fast.get(20, 7001) == block.tobytes() == plain.get(21, 7001)
+    assert fast.get_many(20, [7002 + i for i in range(40)]) == \
+        [bytes([i]) * 70_000 for i in range(40)]
+    # only this user can even reach the socket: its directory is closed to everyone else
+    assert os.stat(os.path.dirname(fast.server_info["stream"])).st_mode & 0o077 == 0
+
+
+def test_bad_streams_are_closed_and_the_server_keeps_serving(clients):
+    import socket
+    import struct
+
+    from cxlsim.pool.stream import send_message
+    good = clients(22, use_shm=False)
+    good.attach(22, 0)
+    path = good.server_info["stream"]
+    attempts = [
+        lambda s: send_message(s, [P.encode_stream_hello("not-the-token")]),
+        lambda s: send_message(s, [b"\x93not a hello"]),
+        lambda s: s.sendall(struct.pack("<I", 0) + b"garbage"),            # zero frames
+        lambda s: s.sendall(struct.pack("<II", 1, 1 << 31)),               # frame too large
+    ]
+    for attempt in attempts:
+        raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        raw.settimeout(10)
+        raw.connect(path)
+        attempt(raw)
+        assert raw.recv(100) == b""                 # the server hung up on it
+        raw.close()
+    assert good.transport == "stream" and good.lookup(22, [1, 2]) == 0

@@ -77,19 +77,28 @@ class PoolDelta:
     run_until_ns: float = float("inf")
 
 
-def merge_deltas(older: PoolDelta | None, newer: PoolDelta) -> PoolDelta:
-    """One delta with the effect of `older` then `newer` (for a host parked across barriers):
-    a key ends up added or removed by its last change; rejections and coherence add up."""
-    if older is None:
-        return newer
-    added = (set(older.added) - set(newer.removed)) | set(newer.added)
-    removed = (set(older.removed) - set(newer.added)) | set(newer.removed)
+def merge_deltas(deltas: list[PoolDelta]) -> PoolDelta:
+    """One delta with the effect of `deltas` applied in order (for a host parked across
+    barriers): a key ends up added or removed by its last change; rejections and coherence
+    add up; the rest is the last delta's."""
+    last = deltas[-1]
+    if len(deltas) == 1:
+        return last
+    added: set[int] = set()
+    removed: set[int] = set()
+    rejected: list = []
     coherence: dict[int, float] = {}
-    for host, ns in older.coherence_ns + newer.coherence_ns:
-        coherence[host] = coherence.get(host, 0.0) + ns
-    return PoolDelta(newer.quantum, tuple(sorted(added)), tuple(sorted(removed - added)),
-                     older.rejected + newer.rejected, newer.used_bytes, newer.capacity_bytes,
-                     tuple(sorted(coherence.items())), newer.next_ns, newer.run_until_ns)
+    for d in deltas:
+        added.difference_update(d.removed)
+        removed.update(d.removed)
+        removed.difference_update(d.added)
+        added.update(d.added)
+        rejected += d.rejected
+        for host, ns in d.coherence_ns:
+            coherence[host] = coherence.get(host, 0.0) + ns
+    return PoolDelta(last.quantum, tuple(sorted(added)), tuple(sorted(removed)),
+                     tuple(rejected), last.used_bytes, last.capacity_bytes,
+                     tuple(sorted(coherence.items())), last.next_ns, last.run_until_ns)
 
 
 @runtime_checkable

@@ -97,8 +97,7 @@ class PoolClient:
         """The next reply's frames (buffers), or None at the deadline."""
         if self._stream is not None:
             try:
-                return recv_message(self._stream, self._stream_reader, deadline,
-                                    self._stream_pending)
+                return recv_message(self._stream_reader, deadline, self._stream_pending)
             except PoolError as exc:
                 self._drop_stream()
                 raise PoolError(f"pool server {self.endpoint}: {exc}") from None
@@ -119,8 +118,8 @@ class PoolClient:
             sock.settimeout(self.timeout_s)
             sock.connect(path)
             send_message(sock, [P.encode_stream_hello(token)])
-            reader, pending = MessageReader(P.MAX_HEADER_BYTES), []
-            frames = recv_message(sock, reader, time.monotonic() + self.timeout_s, pending)
+            reader, pending = MessageReader(sock, P.MAX_HEADER_BYTES * 16), []
+            frames = recv_message(reader, time.monotonic() + self.timeout_s, pending)
             ok = frames is not None and P.decode_reply(frames[0]).get("ok")
         except (OSError, PoolError, ProtocolError):
             ok = False

@@ -104,7 +104,7 @@ class LocalPool:
         self._changed: dict[int, bool] = {}    # key -> was visible to all at the last delta
         self._pending: dict[int, list[PoolOp]] = {}
         self._next: dict[int, float] = {}          # next event time each host last reported
-        self._held: dict[int, PoolDelta | None] = {}   # parked host -> what it is owed so far
+        self._held: dict[int, list[PoolDelta]] = {}    # parked host -> the deltas it missed
         self._time_quantum = 0                     # virtual-time quantum the next barrier ends
         self._last_delta: PoolDelta | None = None
         self._quantum_coh: dict[int, float] = {}
@@ -566,9 +566,10 @@ class LocalPool:
                                                                 default=float("inf")))
         released = {}
         for host in sorted(set(pending) | set(self._held)):
-            owed = merge_deltas(self._held.pop(host, None), delta)
+            owed = self._held.pop(host, [])
+            owed.append(delta)
             if self._next[host] < delta.run_until_ns or not math.isfinite(delta.run_until_ns):
-                released[host] = owed
+                released[host] = merge_deltas(owed)
             else:
                 self._held[host] = owed
         return released

@@ -41,12 +41,18 @@ E_INTERNAL = "internal"        # a server bug; the server keeps serving
 
 
 # ---------------------------------------------------------------------- field checkers
-# Each checker takes (value, name) and returns the value (possibly normalised) or raises.
-def _fail(name: str, what: str, value) -> ProtocolError:
+# Each checker takes (value, name) and returns the value (possibly normalised) or raises. Inside
+# lists the name is a (parent name, index) pair, spelled out only for an error: formatting a
+# name per element would cost more than checking it.
+def _spell(name) -> str:
+    return name if isinstance(name, str) else f"{_spell(name[0])}[{name[1]}]"
+
+
+def _fail(name, what: str, value) -> ProtocolError:
     shown = repr(value)
     if len(shown) > 60:
         shown = shown[:57] + "..."
-    return ProtocolError(f"{name}: expected {what}, got {type(value).__name__} {shown}")
+    return ProtocolError(f"{_spell(name)}: expected {what}, got {type(value).__name__} {shown}")
 
 
 def integer(lo: int, hi: int):
@@ -54,6 +60,7 @@ def integer(lo: int, hi: int):
         if type(value) is not int or not lo <= value <= hi:   # bool is not an int here
             raise _fail(name, f"an integer in {lo}..{hi}", value)
         return value
+    check.bounds = (lo, hi)          # lets list_of check a list of them in one pass
     return check
 
 
@@ -84,10 +91,17 @@ def optional(inner):
 
 
 def list_of(inner, max_len: int = MAX_BATCH):
+    bounds = getattr(inner, "bounds", None)
+
     def check(value, name):
         if type(value) is not list or len(value) > max_len:
             raise _fail(name, f"a list of at most {max_len} items", value)
-        return [inner(v, f"{name}[{i}]") for i, v in enumerate(value)]
+        # lists of keys are the hot case: whole-list checks, item by item only to name a fault
+        if bounds is not None and (not value or (set(map(type, value)) == {int} and
+                                                 bounds[0] <= min(value) and
+                                                 max(value) <= bounds[1])):
+            return value
+        return [inner(v, (name, i)) for i, v in enumerate(value)]
     return check
 
 
@@ -96,7 +110,7 @@ def record(*fields):
     def check(value, name):
         if type(value) is not list or len(value) != len(fields):
             raise _fail(name, f"a list of {len(fields)} items", value)
-        return [f(v, f"{name}[{i}]") for i, (f, v) in enumerate(zip(fields, value))]
+        return [f(v, (name, i)) for i, (f, v) in enumerate(zip(fields, value))]
     return check
 
 

@@ -31,7 +31,7 @@ from . import protocol as P
 from .api import PoolOp
 from .local import LocalPool
 from .shm import ShmWindow
-from .stream import READ_BYTES, MessageReader, send_message
+from .stream import MessageReader, send_message
 
 POLL_MS = 50
 
@@ -72,7 +72,7 @@ class _Stream:
 
     def __init__(self, sock: socket.socket, max_frame_bytes: int):
         self.sock = sock
-        self.reader = MessageReader(max_frame_bytes)
+        self.reader = MessageReader(sock, max_frame_bytes)
         self.ident: bytes | None = None
 
 
@@ -180,8 +180,9 @@ class PoolServer:
 
     def _read_stream(self, stream: _Stream) -> None:
         try:
-            data = stream.sock.recv(READ_BYTES)
-            messages = stream.reader.feed(data) if data else None
+            messages = stream.reader.read()
+        except EOFError:
+            messages = None
         except (OSError, ProtocolError) as exc:
             print(f"cxlsim pool: local stream closed: {exc}", file=self.log)
             messages = None

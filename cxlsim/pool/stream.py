@@ -46,65 +46,88 @@ def send_message(sock: socket.socket, frames) -> None:
 
 
 class MessageReader:
-    """Cuts a byte stream into messages; refuses frame counts or sizes over the limits."""
+    """Reads messages from one socket. Small messages are cut out of what each recv returns
+    (most often exactly one message, used in place); a large body is read straight into a
+    buffer of its size, so a 2 MiB block costs no piecewise concatenation. Refuses frame
+    counts and sizes over the limits (ProtocolError); EOFError when the peer closed."""
 
-    def __init__(self, max_frame_bytes: int):
+    def __init__(self, sock: socket.socket, max_frame_bytes: int):
+        self.sock = sock
         self.max_frame_bytes = max_frame_bytes
-        self._buf = bytearray()
+        self._buf = b""              # bytes received and not yet cut into messages
+        self._big = None             # (body buffer, bytes filled, frame lengths) being read
 
-    def feed(self, data: bytes) -> list[list[memoryview]]:
-        self._buf += data
-        out = []
-        while True:
-            msg = self._take()
-            if msg is None:
-                return out
-            out.append(msg)
+    def read(self) -> list[list[memoryview]]:
+        """One recv; the messages it completed (possibly none)."""
+        if self._big is not None:
+            body, filled, lengths = self._big
+            got = self.sock.recv_into(memoryview(body)[filled:])
+            if not got:
+                raise EOFError
+            filled += got
+            if filled < len(body):
+                self._big = (body, filled, lengths)
+                return []
+            self._big = None
+            return [_split(memoryview(body), lengths)]
+        data = self.sock.recv(READ_BYTES)
+        if not data:
+            raise EOFError
+        self._buf = self._buf + data if self._buf else data
+        return self._cut()
 
-    def _take(self):
-        buf = self._buf
-        if len(buf) < 4:
-            return None
-        n = _U32.unpack_from(buf)[0]
-        if not 1 <= n <= MAX_FRAMES:
-            raise ProtocolError(f"stream message with {n} frames (1..{MAX_FRAMES} allowed)")
-        head = 4 + 4 * n
-        if len(buf) < head:
-            return None
-        lengths = struct.unpack_from(f"<{n}I", buf, 4)
-        if max(lengths) > self.max_frame_bytes:
-            raise ProtocolError(f"stream frame of {max(lengths)} B exceeds the "
-                                f"{self.max_frame_bytes} B limit")
-        end = head + sum(lengths)
-        if len(buf) < end:
-            return None
-        body = bytes(buf[head:end])
-        del buf[:end]
-        frames, off, view = [], 0, memoryview(body)
-        for length in lengths:
-            frames.append(view[off:off + length])
-            off += length
-        return frames
+    def _cut(self) -> list[list[memoryview]]:
+        out, buf, at = [], self._buf, 0
+        while len(buf) - at >= 4:
+            n = _U32.unpack_from(buf, at)[0]
+            if not 1 <= n <= MAX_FRAMES:
+                raise ProtocolError(f"stream message with {n} frames (1..{MAX_FRAMES} allowed)")
+            head = at + 4 + 4 * n
+            if len(buf) < head:
+                break
+            lengths = struct.unpack_from(f"<{n}I", buf, at + 4)
+            if max(lengths) > self.max_frame_bytes:
+                raise ProtocolError(f"stream frame of {max(lengths)} B exceeds the "
+                                    f"{self.max_frame_bytes} B limit")
+            end = head + sum(lengths)
+            if len(buf) >= end:
+                out.append(_split(memoryview(buf)[head:end], lengths))
+                at = end
+            elif end - head > READ_BYTES:         # a large body: read it in place
+                body = bytearray(end - head)
+                body[:len(buf) - head] = buf[head:]
+                self._big = (body, len(buf) - head, lengths)
+                at = len(buf)
+                break
+            else:
+                break
+        self._buf = buf[at:] if at < len(buf) else b""
+        return out
 
 
-def recv_message(sock: socket.socket, reader: MessageReader, deadline: float, pending: list):
-    """Next message from a blocking client socket, or None at the deadline. `pending` holds
+def _split(body: memoryview, lengths) -> list[memoryview]:
+    frames, off = [], 0
+    for length in lengths:
+        frames.append(body[off:off + length])
+        off += length
+    return frames
+
+
+def recv_message(reader: MessageReader, deadline: float, pending: list):
+    """Next message from a client's blocking socket, or None at the deadline. `pending` holds
     messages already cut from earlier reads."""
     while not pending:
         left = deadline - time.monotonic()
         if left <= 0:
             return None
-        sock.settimeout(left)
+        reader.sock.settimeout(left)
         try:
-            data = sock.recv(READ_BYTES)
+            pending.extend(reader.read())
         except socket.timeout:
             return None
-        except OSError as exc:
-            raise PoolError(f"pool server closed the local stream ({exc}): restarted or down")
-        if not data:
-            raise PoolError("pool server closed the local stream: restarted or down")
-        try:
-            pending.extend(reader.feed(data))
+        except (OSError, EOFError) as exc:
+            raise PoolError(f"pool server closed the local stream ({exc or 'end of stream'}): "
+                            f"restarted or down") from None
         except ProtocolError as exc:
             raise PoolError(f"pool server sent a bad stream message: {exc}") from None
     return pending.pop(0)
