@@ -75,6 +75,10 @@ class PoolDelta:
     #: the schedule: hosts run their events before this virtual time, then hand in the next
     #: barrier (the end of the quantum holding next_ns; inf: the replay is over)
     run_until_ns: float = float("inf")
+    #: for the host this delta is given to: the earliest next event of any OTHER host. Until
+    #: then the host alone has work, so after a quantum in which it handed nothing to the pool
+    #: the barrier could change nothing, and a host process may run on without it.
+    horizon_ns: float = float("inf")
 
 
 def merge_deltas(deltas: list[PoolDelta]) -> PoolDelta:

@@ -384,7 +384,8 @@ def delta_from_wire(d: dict) -> PoolDelta:
                      tuple(tuple(r) for r in d["rejected"]), d["used_bytes"], d["capacity_bytes"],
                      tuple((h, ns) for h, ns in d["coherence_ns"]),
                      float("inf") if d.get("next_ns") is None else float(d["next_ns"]),
-                     float("inf") if d.get("run_until_ns") is None else float(d["run_until_ns"]))
+                     float("inf") if d.get("run_until_ns") is None else float(d["run_until_ns"]),
+                     float("inf") if d.get("horizon_ns") is None else float(d["horizon_ns"]))
 
 
 def P_is_local(endpoint: str) -> bool:

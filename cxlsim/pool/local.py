@@ -25,7 +25,7 @@ Semantics (the contract's details; docs/protocol.md repeats them for the wire):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -569,7 +569,8 @@ class LocalPool:
             owed = self._held.pop(host, [])
             owed.append(delta)
             if self._next[host] < delta.run_until_ns or not math.isfinite(delta.run_until_ns):
-                released[host] = merge_deltas(owed)
+                others = min((t for h, t in self._next.items() if h != host), default=math.inf)
+                released[host] = replace(merge_deltas(owed), horizon_ns=others)
             else:
                 self._held[host] = owed
         return released
