@@ -1,8 +1,9 @@
 /* KV block index: 64-bit block key -> record, with per-tier capacity and eviction orderings.
  *
- * Records are 32 bytes and live in fixed-size chunks (so growth never copies or doubles memory);
- * the rarely used sharer masks sit in parallel chunks, so a record never straddles two cache
- * lines. The key table holds 8-byte slots (hash tag, record id). Every tier keeps one ordering:
+ * Records are 32 bytes in 64-byte-aligned, fixed-size chunks (growth never copies or doubles
+ * memory, and a record never straddles two cache lines). The rarely used sharer masks live in a
+ * small side map holding only the non-zero ones. The key table holds 8-byte slots (hash tag,
+ * record id). Every tier keeps one ordering:
  *   LRU, FIFO, SIEVE  a doubly linked list, newest at head, victims looked for from the tail;
  *   LFU               a binary min-heap on (freq, last access);
  *   S3-FIFO           a small FIFO (10% of the tier), a main FIFO and a FIFO of ghost keys.
@@ -37,13 +38,23 @@ typedef struct {
     int8_t tier;
     uint8_t flags;
     uint8_t owner;
-    uint8_t shared;       /* the sharer mask is set: new records skip clearing that cold line */
+    uint8_t shared;       /* the record has a (non-zero) mask in the sharer map */
 } rec;
 
-/* 32 bytes (+ 8 of sharers elsewhere): the index promises <= 64 B per block, table included */
+/* 32 bytes: the index promises <= 64 B per block, key table included */
 _Static_assert(sizeof(rec) == 32, "a record must stay 32 bytes: half a cache line");
 
 typedef struct { uint32_t head, tail; int64_t n; uint64_t bytes; } list;
+
+/* Sparse record id -> sharer mask, for the few records whose mask is non-zero (the pool's shared
+ * blocks). Linear probing like the key table, load kept between 1/8 and 3/4, deletion by backward
+ * shift (no tombstones). An empty table holds no array at all. */
+typedef struct { uint32_t id1; uint64_t mask; } sharer_slot;   /* id1: record id + 1, 0 = empty */
+typedef struct {
+    sharer_slot *slots;
+    uint64_t cap;      /* 0 or a power of two */
+    uint64_t count;
+} sharer_map;
 
 typedef struct {
     int32_t ordering;
@@ -62,7 +73,7 @@ typedef struct {
 
 struct cxl_index {
     rec **chunks;
-    uint64_t **sharer_chunks;   /* parallel to chunks: record id -> sharer mask */
+    sharer_map sharers;
     uint32_t n_chunks, cap_chunks;
     uint32_t n_recs;      /* records ever handed out */
     uint32_t free_head;   /* free record list through `next` */
@@ -77,12 +88,86 @@ static inline rec *R(const cxl_index *x, uint32_t id)
     return &x->chunks[id >> CHUNK_BITS][id & (CHUNK - 1)];
 }
 
-static inline uint64_t *SHARERS(const cxl_index *x, uint32_t id)
+static inline uint64_t rec_key(const cxl_index *x, uint32_t id) { return R(x, id)->key; }
+
+/* ------------------------------------------------------------------ sharer map */
+
+static inline uint64_t sharer_home(const sharer_map *m, uint32_t id)
 {
-    return &x->sharer_chunks[id >> CHUNK_BITS][id & (CHUNK - 1)];
+    return cxl_mix64(id) & (m->cap - 1);
 }
 
-static inline uint64_t rec_key(const cxl_index *x, uint32_t id) { return R(x, id)->key; }
+/* The slot holding id, or the empty slot where it would go (the table must not be full). */
+static uint64_t sharer_slot_of(const sharer_map *m, uint32_t id)
+{
+    uint64_t i = sharer_home(m, id);
+    while (m->slots[i].id1 && m->slots[i].id1 != id + 1) i = (i + 1) & (m->cap - 1);
+    return i;
+}
+
+static int sharer_resize(sharer_map *m, uint64_t cap)
+{
+    sharer_slot *fresh = NULL;
+    if (cap) {
+        fresh = calloc(cap, sizeof *fresh);
+        if (!fresh) return cxl_fail(CXL_ENOMEM, "index: out of memory");
+    }
+    sharer_map old = *m;
+    *m = (sharer_map){fresh, cap, old.count};
+    for (uint64_t j = 0; j < old.cap; j++)
+        if (old.slots[j].id1) m->slots[sharer_slot_of(m, old.slots[j].id1 - 1)] = old.slots[j];
+    free(old.slots);
+    return CXL_OK;
+}
+
+static uint64_t sharer_get(const sharer_map *m, uint32_t id)
+{
+    if (!m->count) return 0;
+    const sharer_slot *s = &m->slots[sharer_slot_of(m, id)];
+    return s->id1 ? s->mask : 0;
+}
+
+static int sharer_put(sharer_map *m, uint32_t id, uint64_t mask)
+{
+    if ((m->count + 1) * 4 > m->cap * 3) {
+        int st = sharer_resize(m, m->cap ? m->cap * 2 : 16);
+        if (st) return st;
+    }
+    sharer_slot *s = &m->slots[sharer_slot_of(m, id)];
+    if (!s->id1) m->count++;
+    *s = (sharer_slot){id + 1, mask};
+    return CXL_OK;
+}
+
+/* cold and out of line: the access loop only calls it for a victim that had sharers */
+__attribute__((cold, noinline)) static void sharer_del(sharer_map *m, uint32_t id)
+{
+    if (!m->count) return;
+    uint64_t i = sharer_slot_of(m, id), j = i, cmask = m->cap - 1;
+    if (!m->slots[i].id1) return;
+    /* backward shift: move up any later entry whose home slot does not lie in (i, j] */
+    for (;;) {
+        j = (j + 1) & cmask;
+        if (!m->slots[j].id1) break;
+        uint64_t home = sharer_home(m, m->slots[j].id1 - 1);
+        int between = (i <= j) ? (i < home && home <= j) : (i < home || home <= j);
+        if (!between) { m->slots[i] = m->slots[j]; i = j; }
+    }
+    m->slots[i].id1 = 0;
+    m->count--;
+    /* give memory back when most masks are gone (a failed shrink just keeps the larger table) */
+    if (m->count * 8 < m->cap) sharer_resize(m, m->count ? m->cap / 2 : 0);
+}
+
+/* The record stops being a resident block (freed, a ghost, or reused for another key). */
+static inline void forget_sharers(cxl_index *x, uint32_t id)
+{
+    rec *r = R(x, id);
+    if (__builtin_expect(r->shared, 0)) {
+        sharer_del(&x->sharers, id);
+        r->shared = 0;
+    }
+}
 
 /* ------------------------------------------------------------------ lists */
 
@@ -194,20 +279,11 @@ static int rec_alloc(cxl_index *x, uint32_t *out)
             rec **p = realloc(x->chunks, (size_t)ncap * sizeof *p);
             if (!p) return cxl_fail(CXL_ENOMEM, "index: out of memory");
             x->chunks = p;
-            uint64_t **q = realloc(x->sharer_chunks, (size_t)ncap * sizeof *q);
-            if (!q) return cxl_fail(CXL_ENOMEM, "index: out of memory");
-            x->sharer_chunks = q;
             x->cap_chunks = ncap;
         }
         /* 64-byte aligned, so each 32-byte record sits in one cache line */
         rec *c = aligned_alloc(64, (size_t)CHUNK * sizeof *c);
-        uint64_t *sh = malloc((size_t)CHUNK * sizeof *sh);
-        if (!c || !sh) {
-            free(c);
-            free(sh);
-            return cxl_fail(CXL_ENOMEM, "index: out of memory");
-        }
-        x->sharer_chunks[x->n_chunks] = sh;
+        if (!c) return cxl_fail(CXL_ENOMEM, "index: out of memory");
         x->chunks[x->n_chunks++] = c;
     }
     *out = x->n_recs++;
@@ -217,6 +293,7 @@ static int rec_alloc(cxl_index *x, uint32_t *out)
 static void rec_release(cxl_index *x, uint32_t id)
 {
     rec *r = R(x, id);
+    forget_sharers(x, id);
     cxl_keytab_del(&x->tab, r->key, id);
     r->tier = TIER_FREE;
     r->next = x->free_head;
@@ -445,6 +522,7 @@ static void drop(cxl_index *x, uint32_t id, int32_t ti)
     tier *t = &x->tiers[ti];
     rec *r = R(x, id);
     if (t->ordering == CXL_ORD_S3FIFO) {
+        forget_sharers(x, id);
         r->tier = TIER_GHOST;
         r->freq = (uint16_t)ti;
         r->flags = 0;
@@ -530,7 +608,7 @@ static int insert_new(cxl_index *x, uint64_t key, uint32_t found, int32_t ti, ui
     int st = claim(x, key, found, ti, &id, &to_main);
     if (st) return st;
     rec *r = R(x, id);
-    r->shared = 0;
+    r->shared = 0;   /* a fresh chunk's record holds garbage; a reused one was cleared on leaving */
     r->bytes = bytes;
     r->last = ++x->clock;
     r->freq = 1;
@@ -628,12 +706,9 @@ int cxl_index_new(int32_t n_tiers, const uint64_t *cap_bytes, const int64_t *cap
 void cxl_index_free(cxl_index *x)
 {
     if (!x) return;
-    for (uint32_t i = 0; i < x->n_chunks; i++) {
-        free(x->chunks[i]);
-        free(x->sharer_chunks[i]);
-    }
+    for (uint32_t i = 0; i < x->n_chunks; i++) free(x->chunks[i]);
     free(x->chunks);
-    free(x->sharer_chunks);
+    free(x->sharers.slots);
     for (int32_t i = 0; i < x->n_tiers; i++) free(x->tiers[i].heap);
     cxl_keytab_destroy(&x->tab);
     free(x);
@@ -651,9 +726,10 @@ int64_t cxl_index_size(cxl_index *x)
 uint64_t cxl_index_memory_bytes(cxl_index *x)
 {
     if (!x) return 0;
-    uint64_t m = sizeof *x + (uint64_t)x->n_chunks * CHUNK * (sizeof(rec) + sizeof(uint64_t)) +
-                 (uint64_t)x->cap_chunks * (sizeof(rec *) + sizeof(uint64_t *)) +
-                 (x->tab.mask + 1) * sizeof *x->tab.slots;
+    uint64_t m = sizeof *x + (uint64_t)x->n_chunks * CHUNK * sizeof(rec) +
+                 (uint64_t)x->cap_chunks * sizeof(rec *) +
+                 (x->tab.mask + 1) * sizeof *x->tab.slots +
+                 x->sharers.cap * sizeof(sharer_slot);
     for (int32_t i = 0; i < x->n_tiers; i++) m += (uint64_t)x->tiers[i].heap_cap * 4;
     return m;
 }
@@ -783,7 +859,7 @@ int cxl_index_info(cxl_index *x, uint64_t key, cxl_block_info *out)
     out->bytes = r->bytes;
     out->refs = r->refs;
     out->owner = r->owner == OWNER_NONE ? -1 : r->owner;
-    out->sharers = r->shared ? *SHARERS(x, id) : 0;
+    out->sharers = r->shared ? sharer_get(&x->sharers, id) : 0;
     out->freq = r->freq;
     out->last_access = r->last;
     return CXL_OK;
@@ -878,7 +954,11 @@ int cxl_index_set_sharers(cxl_index *x, uint64_t key, uint64_t sharers)
     uint32_t id;
     int st = resident(x, key, &id);
     if (st) return st;
-    *SHARERS(x, id) = sharers;
+    if (!sharers) {
+        forget_sharers(x, id);   /* only non-zero masks are stored */
+        return CXL_OK;
+    }
+    if ((st = sharer_put(&x->sharers, id, sharers))) return st;
     R(x, id)->shared = 1;
     return CXL_OK;
 }
@@ -997,6 +1077,7 @@ static int access_one_list_tier(cxl_index *x, const uint64_t *keys, const uint32
         }
         /* full, unpinned tail: it becomes the new key's record, moved from tail to head */
         rec *r = R(x, v);
+        forget_sharers(x, v);
         cxl_keytab_del(&x->tab, r->key, v);
         r->key = key;
         int st = cxl_keytab_add(&x->tab, key, v);
@@ -1005,7 +1086,6 @@ static int access_one_list_tier(cxl_index *x, const uint64_t *keys, const uint32
         t->inserts++;
         t->used_bytes += (uint64_t)b - r->bytes;
         t->main.bytes += (uint64_t)b - r->bytes;
-        r->shared = 0;
         r->bytes = b;
         r->last = ++x->clock;
         r->freq = 1;

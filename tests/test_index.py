@@ -209,6 +209,51 @@ def test_a_reused_record_forgets_its_sharers():
     assert index.info(3).sharers == 0
 
 
+@pytest.mark.parametrize("ordering", sorted(ORDERINGS))
+@pytest.mark.parametrize("tiers", [1, 2])
+def test_sharer_masks_of_many_blocks_survive_evictions_and_clearing(ordering, tiers):
+    # the masks sit in a sparse side table that grows, shrinks and loses entries on eviction
+    index = BlockIndex([TierSpec(f"t{i}", capacity_blocks=600, ordering=ordering)
+                        for i in range(tiers)])
+    index.access_batch(np.arange(1, 601, dtype=np.uint64), 1)
+    masks = {k: (k * 0x9E3779B97F4A7C15 & (2**64 - 1)) | 1 for k in range(1, 601, 2)}
+    for k, m in masks.items():
+        index.set_sharers(k, m)
+    for k in range(1, 601, 6):
+        index.set_sharers(k, 0)                                 # a zero mask is not stored
+        masks.pop(k, None)
+    index.remove(3)
+    masks.pop(3)
+    index.access_batch(np.arange(1000, 1300, dtype=np.uint64), 1)   # evicts (or demotes) many
+    resident = [k for k in range(1, 1300) if index.lookup(k) >= 0]
+    assert any(k in masks for k in resident) and len(resident) < 900
+    assert all(index.info(k).sharers == masks.get(k, 0) for k in resident)
+    # freed records come back for new keys with no mask
+    index.access_batch(np.arange(5000, 5000 + 600 * tiers, dtype=np.uint64), 1)
+    assert all(index.info(k).sharers == masks.get(k, 0) for k in range(1, 6200)
+               if index.lookup(k) >= 0)
+
+
+@pytest.mark.parametrize("ordering", sorted(ORDERINGS))
+def test_sharer_masks_are_counted_and_their_memory_given_back(ordering):
+    n = 20_000
+    index = BlockIndex([TierSpec("hbm", capacity_blocks=n, ordering=ordering)])
+    for r in range(3):      # steady state: S3-FIFO's ghosts have taken their records too
+        index.access_batch(np.arange(r * n + 1, (r + 1) * n + 1, dtype=np.uint64), 1)
+    keys = index.tier_keys(0).tolist()
+    base = index.memory_bytes()
+    for k in keys:
+        index.set_sharers(k, 0b11)
+    assert index.memory_bytes() >= base + n * 16          # 16-byte entries, counted
+    for k in keys[: n // 4]:
+        index.set_sharers(k, 0)
+    for k in keys[n // 4: n // 2]:
+        index.remove(k)
+    for r in range(3, 6):   # evicts every other block, through the fast path for LRU and FIFO
+        index.access_batch(np.arange(r * n + 1, (r + 1) * n + 1, dtype=np.uint64), 1)
+    assert all(index.info(k).sharers == 0 for k in index.tier_keys(0).tolist())
+    assert index.memory_bytes() == base                    # no mask left behind
+
 def test_pinned_blocks_survive_the_fast_path():
     index = BlockIndex([TierSpec("hbm", capacity_blocks=4)])
     index.access_batch(np.array([1, 2, 3, 4], np.uint64), 1)
