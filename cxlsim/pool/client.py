@@ -24,7 +24,7 @@ from . import protocol as P
 from .api import PoolDelta, PoolOp
 from .local import as_bytes
 from .shm import DEFAULT_WINDOW_BYTES, ShmWindow
-from .stream import MessageReader, recv_message, send_message
+from .stream import MessageReader, recv_message, send_message, tune
 
 
 def _buffer(data):
@@ -116,6 +116,7 @@ class PoolClient:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.settimeout(self.timeout_s)
+            tune(sock)
             sock.connect(path)
             send_message(sock, [P.encode_stream_hello(token)])
             reader, pending = MessageReader(sock, P.MAX_HEADER_BYTES * 16), []

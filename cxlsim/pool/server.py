@@ -31,7 +31,7 @@ from . import protocol as P
 from .api import PoolOp
 from .local import LocalPool
 from .shm import ShmWindow
-from .stream import MessageReader, send_message
+from .stream import MessageReader, send_message, tune
 
 POLL_MS = 50
 
@@ -166,6 +166,7 @@ class PoolServer:
             return
         # replies block at most this long on a host that stopped reading; then it is cut off
         sock.settimeout(self.heartbeat_timeout_s)
+        tune(sock)
         self._streams[sock.fileno()] = _Stream(sock, max(self.max_frame_bytes, P.MAX_HEADER_BYTES))
         self._poller.register(sock, zmq.POLLIN)
 
