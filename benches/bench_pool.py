@@ -208,11 +208,12 @@ def test_four_process_replay_vs_in_process(benchmark, tmp_path):
     for i in range(3):        # alternate the two: the machine is shared and drifts
         solo, summary = _replay_in_process(trace, tmp_path / f"in{i}")
         multi, summaries = _replay_four_processes(trace, tmp_path / f"mp{i}")
-        assert {s["pool"]["barriers"] for s in summaries} == {summary["pool"]["barriers"]}
+        assert len({s["pool"]["barriers"] for s in summaries}) == 1   # one count for all hosts
         ratios.append(multi / solo)
         walls.append((solo, multi))
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    report(benchmark, barriers=summary["pool"]["barriers"],
+    report(benchmark, barriers_in_process=summary["pool"]["barriers"],
+           barriers_host_processes=summaries[0]["pool"]["barriers"],
            in_process_s=statistics.median(w[0] for w in walls),
            four_processes_s=statistics.median(w[1] for w in walls),
            ratio_median=statistics.median(ratios), ratio_min=min(ratios),

@@ -152,12 +152,12 @@ def test_unattached_connection_is_refused_and_host_ids_unique(server, clients):
     ([b"\xc1\xc1"], P.E_FRAME),                                      # not msgpack
     ([msgpack.packb([1, 2, 3])], P.E_FRAME),                         # not a map
     ([msgpack.packb({"v": 99, "id": 1, "cmd": "stats", "args": {}})], P.E_VERSION),
-    ([msgpack.packb({"v": 1, "id": 1, "cmd": "format_disk", "args": {}})], P.E_COMMAND),
-    ([msgpack.packb({"v": 1, "id": 1, "cmd": "lookup", "args": {"keys": ["1"]}})], P.E_ARGS),
-    ([msgpack.packb({"v": 1, "id": 1, "cmd": "lookup", "args": {"keys": [-1]}})], P.E_ARGS),
-    ([msgpack.packb({"v": 1, "id": 1, "cmd": "put",
+    ([msgpack.packb({"v": P.VERSION, "id": 1, "cmd": "format_disk", "args": {}})], P.E_COMMAND),
+    ([msgpack.packb({"v": P.VERSION, "id": 1, "cmd": "lookup", "args": {"keys": ["1"]}})], P.E_ARGS),
+    ([msgpack.packb({"v": P.VERSION, "id": 1, "cmd": "lookup", "args": {"keys": [-1]}})], P.E_ARGS),
+    ([msgpack.packb({"v": P.VERSION, "id": 1, "cmd": "put",
                      "args": {"keys": [1], "shared": False, "shm": None}})], P.E_ARGS),
-    ([msgpack.packb({"v": 1, "id": 1, "cmd": "stats", "args": {}}), b"x" * (64 * MIB + 1)],
+    ([msgpack.packb({"v": P.VERSION, "id": 1, "cmd": "stats", "args": {}}), b"x" * (64 * MIB + 1)],
      P.E_FRAME),                                                     # oversized frame
 ])
 def test_malformed_frames_get_error_replies(server, frames, code):

@@ -11,25 +11,25 @@ Two ways to use a pool:
   private blocks and blocks shared with it, nothing else).
 
 * The replay path (deterministic virtual time): hosts advance in quanta of `quantum_ns`. During
-  quantum k a host reads a local mirror of the pool's key set (as of the end of quantum k-1) and
-  buffers what it does to the pool as `PoolOp`s. At the barrier, `exchange(host, k, ops)` hands
-  them over; the pool applies the ops of ALL hosts for quantum k in (t_ns, host, seq) order and
-  returns the same `PoolDelta` to every host, which updates its mirror. Because the order of
-  application never depends on which host reached the barrier first, N hosts in one process and
-  N host processes against a server give the same result, bit for bit.
+  a quantum a host reads a local mirror of the pool's key set (as of the last barrier) and buffers
+  what it does to the pool as `PoolOp`s. At the barrier, `exchange(host, k, ops, next_ns)` hands
+  them over with the host's next event time; the pool applies the ops of ALL hosts for barrier k
+  in (t_ns, host, seq) order and returns the `PoolDelta`, which updates the mirror and carries the
+  schedule (`run_until_ns`: run every event before it, then hand in barrier `delta.quantum + 1`).
+  Because the order of application never depends on which host reached the barrier first, N
+  hosts in one process and N host processes against a server give the same result, bit for bit.
 
   How the barrier is called (the choice both implementations make):
-  - In one process, `LocalPool.exchange_all(k, {host: ops, ...})` takes the ops of every attached
-    host at once and returns the delta. `LocalPool.exchange(host, k, ops)` is the same barrier
-    one host at a time: it returns None until the last attached host has handed in quantum k,
-    then the delta (also `LocalPool.last_delta` for the hosts that got None).
-  - `PoolClient.exchange(host, k, ops)` blocks until the server has every attached host's ops for
-    k and always returns the delta. A host that detaches (or dies: heartbeat timeout) leaves the
-    barrier and the others proceed.
-  Quanta are numbered 0, 1, 2, ... with no gaps; every attached host hands in every quantum
-  (possibly with no ops). A host attaching later joins at the pool's current quantum
-  (`stats()["quantum"]`). An op that cannot be applied (quota, pool full of pinned blocks, block
-  gone) is not an error: it comes back in `PoolDelta.rejected` as (host, seq, reason).
+  - In one process, `LocalPool.exchange_all(k, {host: ops, ...}, {host: next_ns, ...})` takes
+    every attached host's ops at once and returns the delta: every host runs every barrier.
+  - `LocalPool.exchange(host, k, ops, next_ns)` is the server's per-host barrier: it returns
+    {host: delta} for the hosts to release now. A host with no event before the next barrier's
+    end stays parked (it counts as handing in nothing) and later gets one merged delta for every
+    barrier it missed. `PoolClient.exchange` blocks until its host is released. A host that
+    detaches (or dies: heartbeat timeout) leaves the barrier and the others proceed.
+  Barriers are numbered 0, 1, 2, ... with no gaps. A host attaching later joins at the pool's
+  current barrier (`stats()["quantum"]`). An op that cannot be applied (quota, pool full of pinned
+  blocks, block gone) is not an error: it comes back in `PoolDelta.rejected` as (host, seq, reason).
   Data path calls change the pool at once; their effect on the shared key set shows in the next
   delta. Detailed semantics (quotas, extents, shared-block references, eviction): pool/local.py.
 """

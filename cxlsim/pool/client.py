@@ -5,7 +5,11 @@ or unreachable (or, with CURVE, this client has the wrong server key): PoolError
 socket is rebuilt (same identity) so a late reply cannot be mistaken for the next one's. Replies
 carry the request id; stale ones are dropped.
 
-`exchange` may legitimately wait for slower hosts: while waiting it sends heartbeats, and each
+After attach, a client on the server's machine moves to the server's local stream (a Unix socket,
+stream.py) unless `use_stream=False`; `transport` says which it uses. A closed stream is a
+PoolError saying the server restarted or is down.
+
+`exchange` may legitimately wait for slower hosts (or stay parked while others have work): while waiting it sends heartbeats, and each
 answer (which lists the hosts that have handed in) restarts the deadline; only a silent server
 ends the wait.
 """

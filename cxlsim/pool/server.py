@@ -1,7 +1,8 @@
-"""The pool server: a ZeroMQ ROUTER in front of one LocalPool.
+"""The pool server: a ZeroMQ ROUTER in front of one LocalPool, plus a local stream (stream.py)
+that attached hosts on the same machine may switch to.
 
-One thread, one loop: poll with a short timeout, decode and check each request (protocol.py),
-apply it to the pool, reply. A bad frame gets an error reply and changes nothing; an unexpected
+One thread, one loop: poll the ROUTER and the streams with a short timeout, decode and check each
+request (protocol.py), apply it to the pool, reply on the connection it came from. A bad frame gets an error reply and changes nothing; an unexpected
 exception is a server bug, answered with an `internal` error while the server keeps serving.
 
 Connections are bound to hosts at attach: the host of every later request is the one its
