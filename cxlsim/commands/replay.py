@@ -140,7 +140,7 @@ def _wait_for_hosts(client, hosts: int, timeout_s: float) -> None:
             raise ConfigError(f"pool server {client.endpoint}: only hosts {attached} of "
                               f"{hosts} attached within {timeout_s:g} s")
         client.heartbeat(client.host_id)
-        time.sleep(0.05)
+        time.sleep(0.01)
 
 
 def run(args) -> int:

@@ -6,7 +6,6 @@ and packages may expose policies through the `cxlsim.policies` entry-point group
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
 
 from ..errors import ConfigError
 from .base import Policy
@@ -29,6 +28,12 @@ def register(name: str):
         return cls
 
     return wrap
+
+
+def entry_points(group: str):
+    # imported here: importlib.metadata costs ~30 ms at start-up, and built-in names never need it
+    from importlib.metadata import entry_points as find
+    return find(group=group)
 
 
 def known_policies() -> list[str]:
