@@ -1080,6 +1080,7 @@ static int access_one_list_tier(cxl_index *x, const uint64_t *keys, const uint32
         forget_sharers(x, v);
         cxl_keytab_del(&x->tab, r->key, v);
         r->key = key;
+        /* cannot fail: the delete just made room, so the table keeps its size (no growth) */
         int st = cxl_keytab_add(&x->tab, key, v);
         if (st) return cxl_fail(st, "access %lld: %s", (long long)i, cxl_last_error());
         t->evictions++;

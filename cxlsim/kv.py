@@ -32,7 +32,10 @@ FLUSH_EVERY = 4096
 _TIER_SHIFT, _SIZE_SHIFT = 8, 16
 MAX_TIERS = 1 << (_SIZE_SHIFT - _TIER_SHIFT)
 _GONE = (-1, 0)   # what _where.get returns for an absent key
-_NO_VICTIM = object()
+
+
+def _defining_class(cls: type, name: str) -> type:
+    return next(c for c in cls.__mro__ if name in c.__dict__)
 
 
 def _check_size(nbytes: int) -> None:
@@ -91,7 +94,7 @@ class KVStore:
         self._h = index._h
         self._pins = index.pins
         self._caps = [(t.capacity_bytes, t.capacity_blocks) for t in index.tiers]
-        self._ops: list[tuple[int, int, int, int]] = []    # (op, key, tier, bytes)
+        self._ops: list[int] = []          # queued changes, two ints each (see _TIER_SHIFT)
         self._load_mirror()
         self.view = StoreView(self)
         policy.attach(self.view)
@@ -167,6 +170,7 @@ class KVStore:
     def access(self, key: int, nbytes: int, pos: int = 0, parent: int | None = None) -> int:
         """One block access: the tier that hit, or -1 for a miss (the block is then inserted
         where the policy places it, unless no room can be made there)."""
+        _check_size(nbytes)                  # before anything is evicted for it
         if len(self._ops) >= 2 * FLUSH_EVERY:
             self.flush()
         return self._access(key, self._where.get(key, _GONE)[0], nbytes, pos, parent)
@@ -257,12 +261,19 @@ class KVStore:
 
     def _allow_runs(self) -> bool:
         """Whether runs of misses may go to the policy's admit_many: tier 0 is counted in
-        blocks, and its victims can only be dropped."""
+        blocks, its victims can only be dropped, and no subclass changed a method the
+        admit_many it inherits stands in for (it would bypass the override)."""
         policy, cls = self.policy, type(self.policy)
+        if policy.admit_many is None:
+            return False
+        owner = _defining_class(cls, "admit_many")
+        if any(not issubclass(owner, _defining_class(cls, name))
+               for name in ("victim", "on_insert", "on_remove", "place", "demote_to")):
+            return False
         drop_only = self.n_tiers == 1 or (cls.demote_to is Policy.demote_to
                                           and not policy.demote_on_evict)
         cap_bytes, cap_blocks = self._caps[0]
-        return policy.admit_many is not None and drop_only and not cap_bytes and cap_blocks != 0
+        return drop_only and not cap_bytes and cap_blocks != 0
 
     def _admit_run(self, run: list[int], first_pos: int, parent, nbytes: int) -> None:
         """Apply a run of misses to tier 0 through policy.admit_many, checking every victim."""
@@ -441,6 +452,7 @@ class KVStore:
     def insert(self, key: int, tier: int, nbytes: int) -> bool:
         """Insert an absent block into `tier`, making room there; False if no room can be made."""
         self._tier(tier, "insert")
+        _check_size(nbytes)
         if key in self._where:
             raise CxlsimError(f"insert: block {key} is already resident")
         if not self.make_room(tier, nbytes):

@@ -391,7 +391,7 @@ def _run_pooled(cfg, dep, sched, topo, trace, wall0, progress, closed_form, clie
             pool.attach(h, 0)
         exchange = pool.exchange_all
     else:
-        if client.quantum_ns != cfg.quantum_us * 1e3:
+        if not math.isclose(client.quantum_ns, cfg.quantum_us * 1e3, rel_tol=1e-9):
             # the server keeps the schedule, so its quantum is the one every host runs by
             raise ConfigError(f"pool server {client.endpoint} runs quanta of "
                               f"{client.quantum_ns:g} ns, this replay asks for "
@@ -407,7 +407,9 @@ def _run_pooled(cfg, dep, sched, topo, trace, wall0, progress, closed_form, clie
             server.on_finish = lambda rid, now: bar.update(1)
     for server in servers:
         server.start()
-    barriers = run_quanta(servers, sides, exchange, cfg.quantum_us * 1e3)
+    # a host process runs by the server's quantum (the one its schedule uses), equal to ours
+    quantum_ns = cfg.quantum_us * 1e3 if client is None else client.quantum_ns
+    barriers = run_quanta(servers, sides, exchange, quantum_ns)
     if bar is not None:
         bar.close()
     for server, kv in zip(servers, kvs):

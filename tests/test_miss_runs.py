@@ -125,3 +125,16 @@ def test_wrong_victims_are_refused(answer, message):
     store.hold(1)
     with pytest.raises(PolicyError, match=message):
         store.access_requests(np.array([3, 4], np.uint64), [0, 2], 1)
+
+
+def test_a_subclass_that_changes_victim_is_not_bypassed_by_the_inherited_fast_path():
+    """LRU.admit_many stands in for LRU's victim/on_insert/on_remove; a subclass overriding one
+    of them must get its own decisions, so the engine falls back to per-block calls."""
+    class EvictNewest(LRU):
+        def victim(self, tier):
+            return next(reversed(self.lists[tier]))
+
+    keys, offsets = _arrays([[1, 2, 3], [4, 5], [1, 2, 3]])
+    assert _run(EvictNewest(), 3, keys, offsets) == _run(
+        type("EvictNewestByBlock", (EvictNewest,), {"admit_many": None})(), 3, keys, offsets)
+    assert _run(EvictNewest(), 3, keys, offsets)[1] == [1, 3, 5]

@@ -261,7 +261,7 @@ def test_accounting_invariants_hold_under_any_sequence(steps):
                 min_size=1, max_size=6),
        st.sets(st.integers(0, 9)))
 def test_a_merged_delta_has_the_effect_of_its_parts_in_order(changes, mirror):
-    from cxlsim.pool.api import PoolDelta, merge_deltas
+    from cxlsim.pool.api import DeltaMerger, PoolDelta
     from cxlsim.serving.pooltier import PoolSide
 
     deltas = [PoolDelta(q, tuple(sorted(a)), tuple(sorted(r)), ((1, q, "x"),))
@@ -270,6 +270,9 @@ def test_a_merged_delta_has_the_effect_of_its_parts_in_order(changes, mirror):
     one_by_one.mirror, merged.mirror = set(mirror), set(mirror)
     for d in deltas:
         one_by_one.apply(d)
-    merged.apply(merge_deltas(deltas))
+    merger = DeltaMerger()
+    for d in deltas:
+        merger.add(d)
+    merged.apply(merger.result())
     assert merged.mirror == one_by_one.mirror
     assert merged.rejected == one_by_one.rejected == len(deltas)

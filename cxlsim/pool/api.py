@@ -81,28 +81,34 @@ class PoolDelta:
     horizon_ns: float = float("inf")
 
 
-def merge_deltas(deltas: list[PoolDelta]) -> PoolDelta:
-    """One delta with the effect of `deltas` applied in order (for a host parked across
-    barriers): a key ends up added or removed by its last change; rejections and coherence
-    add up; the rest is the last delta's."""
-    last = deltas[-1]
-    if len(deltas) == 1:
-        return last
-    added: set[int] = set()
-    removed: set[int] = set()
-    rejected: list = []
-    coherence: dict[int, float] = {}
-    for d in deltas:
-        added.difference_update(d.removed)
-        removed.update(d.removed)
-        removed.difference_update(d.added)
-        added.update(d.added)
-        rejected += d.rejected
+class DeltaMerger:
+    """Deltas folded one at a time into one with the effect of all of them in order (for a host
+    parked across barriers): a key ends up added or removed by its last change; rejections and
+    coherence add up; the rest is the last delta's. Each fold costs only that delta's changes."""
+
+    def __init__(self) -> None:
+        self.added: set[int] = set()
+        self.removed: set[int] = set()
+        self.rejected: list = []
+        self.coherence: dict[int, float] = {}
+        self.last: PoolDelta | None = None
+
+    def add(self, d: PoolDelta) -> None:
+        self.added.difference_update(d.removed)
+        self.removed.update(d.removed)
+        self.removed.difference_update(d.added)
+        self.added.update(d.added)
+        self.rejected += d.rejected
         for host, ns in d.coherence_ns:
-            coherence[host] = coherence.get(host, 0.0) + ns
-    return PoolDelta(last.quantum, tuple(sorted(added)), tuple(sorted(removed)),
-                     tuple(rejected), last.used_bytes, last.capacity_bytes,
-                     tuple(sorted(coherence.items())), last.next_ns, last.run_until_ns)
+            self.coherence[host] = self.coherence.get(host, 0.0) + ns
+        self.last = d
+
+    def result(self) -> PoolDelta:
+        last = self.last
+        return PoolDelta(last.quantum, tuple(sorted(self.added)), tuple(sorted(self.removed)),
+                         tuple(self.rejected), last.used_bytes, last.capacity_bytes,
+                         tuple(sorted(self.coherence.items())), last.next_ns, last.run_until_ns,
+                         last.horizon_ns)
 
 
 @runtime_checkable

@@ -9,9 +9,9 @@ After attach, a client on the server's machine moves to the server's local strea
 stream.py) unless `use_stream=False`; `transport` says which it uses. A closed stream is a
 PoolError saying the server restarted or is down.
 
-`exchange` may legitimately wait for slower hosts (or stay parked while others have work): while waiting it sends heartbeats, and each
-answer (which lists the hosts that have handed in) restarts the deadline; only a silent server
-ends the wait.
+`exchange` may legitimately wait for slower hosts (or stay parked while others have work):
+while waiting it sends heartbeats, and each answer (which lists the hosts that have handed in)
+restarts the deadline; only a silent server ends the wait.
 """
 from __future__ import annotations
 
@@ -88,11 +88,12 @@ class PoolClient:
         header = P.encode_request(self._seq, cmd, args)
         if self._stream is not None:
             try:
-                send_message(self._stream, [header, *frames])
+                send_message(self._stream, [header, *frames], self.timeout_s)
             except OSError as exc:
                 self._drop_stream()
-                raise PoolError(f"pool server {self.endpoint}: local stream closed while "
-                                f"sending {cmd} ({exc}): server restarted or down") from None
+                raise PoolError(f"pool server {self.endpoint}: local stream failed while "
+                                f"sending {cmd} ({exc}): server restarted, down or not "
+                                f"reading") from None
         else:
             self._sock.send_multipart([header, *frames], copy=False)
         return self._seq
@@ -122,8 +123,10 @@ class PoolClient:
             sock.settimeout(self.timeout_s)
             tune(sock)
             sock.connect(path)
-            send_message(sock, [P.encode_stream_hello(token)])
-            reader, pending = MessageReader(sock, P.MAX_HEADER_BYTES * 16), []
+            send_message(sock, [P.encode_stream_hello(token)], self.timeout_s)
+            limit = max(self.server_info.get("max_frame_bytes", P.DEFAULT_MAX_FRAME_BYTES),
+                        P.MAX_HEADER_BYTES * 16)   # a reply header may be large (stats, deltas)
+            reader, pending = MessageReader(sock, limit), []
             frames = recv_message(reader, time.monotonic() + self.timeout_s, pending)
             ok = frames is not None and P.decode_reply(frames[0]).get("ok")
         except (OSError, PoolError, ProtocolError):

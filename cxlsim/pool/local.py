@@ -31,7 +31,7 @@ import numpy as np
 
 from ..errors import CoreError, PoolError
 from ..index import BlockIndex, TierSpec
-from .api import OP_FREE, OP_KINDS, OP_PUT, OP_TOUCH, PoolDelta, PoolOp, merge_deltas
+from .api import OP_FREE, OP_KINDS, OP_PUT, OP_TOUCH, DeltaMerger, PoolDelta, PoolOp
 
 MAX_HOSTS = 64
 MAX_BLOCK_BYTES = (1 << 32) - 1       # the C index keeps block sizes in 32 bits
@@ -104,7 +104,7 @@ class LocalPool:
         self._changed: dict[int, bool] = {}    # key -> was visible to all at the last delta
         self._pending: dict[int, list[PoolOp]] = {}
         self._next: dict[int, float] = {}          # next event time each host last reported
-        self._held: dict[int, list[PoolDelta]] = {}    # parked host -> the deltas it missed
+        self._held: dict[int, DeltaMerger] = {}        # parked host -> what it missed, merged
         self._time_quantum = 0                     # virtual-time quantum the next barrier ends
         self._last_delta: PoolDelta | None = None
         self._quantum_coh: dict[int, float] = {}
@@ -566,11 +566,13 @@ class LocalPool:
                                                                 default=float("inf")))
         released = {}
         for host in sorted(set(pending) | set(self._held)):
-            owed = self._held.pop(host, [])
-            owed.append(delta)
+            owed = self._held.pop(host, None)
+            if owed is None:
+                owed = DeltaMerger()
+            owed.add(delta)
             if self._next[host] < delta.run_until_ns or not math.isfinite(delta.run_until_ns):
                 others = min((t for h, t in self._next.items() if h != host), default=math.inf)
-                released[host] = replace(merge_deltas(owed), horizon_ns=others)
+                released[host] = replace(owed.result(), horizon_ns=others)
             else:
                 self._held[host] = owed
         return released

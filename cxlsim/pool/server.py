@@ -2,8 +2,9 @@
 that attached hosts on the same machine may switch to.
 
 One thread, one loop: poll the ROUTER and the streams with a short timeout, decode and check each
-request (protocol.py), apply it to the pool, reply on the connection it came from. A bad frame gets an error reply and changes nothing; an unexpected
-exception is a server bug, answered with an `internal` error while the server keeps serving.
+request (protocol.py), apply it to the pool, reply on the connection it came from. A bad frame
+gets an error reply and changes nothing; an unexpected exception is a server bug, answered with
+an `internal` error while the server keeps serving.
 
 Connections are bound to hosts at attach: the host of every later request is the one its
 connection attached as, so a client cannot act for another host. Any request refreshes its host's
@@ -35,6 +36,9 @@ from .shm import ShmWindow
 from .stream import MessageReader, send_message, tune
 
 POLL_MS = 50
+HELLO_BYTES = 256              # a stream hello is far smaller
+HELLO_WAIT_S = 2.0             # an unbound stream is closed after this long
+MAX_UNBOUND_STREAMS = 64
 
 
 def is_loopback_endpoint(endpoint: str) -> bool:
@@ -69,12 +73,16 @@ class _Conn:
 
 
 class _Stream:
-    """One accepted local-stream connection; `ident` is set once it presented a valid token."""
+    """One accepted local-stream connection; `ident` is set once it presented a valid token.
+    Until then it may send one small hello and nothing else, and only for HELLO_WAIT_S."""
 
-    def __init__(self, sock: socket.socket, max_frame_bytes: int):
+    def __init__(self, sock: socket.socket):
         self.sock = sock
-        self.reader = MessageReader(sock, max_frame_bytes)
+        # never blocks: a poll event can be stale when a closed stream's descriptor is reused
+        self.reader = MessageReader(sock, HELLO_BYTES, max_frames=1, max_body_bytes=HELLO_BYTES,
+                                    flags=socket.MSG_DONTWAIT)
         self.ident: bytes | None = None
+        self.opened = time.monotonic()
 
 
 class PoolServer:
@@ -103,10 +111,11 @@ class PoolServer:
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._conns: dict[bytes, _Conn] = {}     # identity -> attached host
         self._by_host: dict[int, bytes] = {}
-        # host -> (id of its pending exchange request, the barrier it handed in)
-        self._waiting: dict[int, tuple[int, int]] = {}
+        # host -> (id of its pending exchange request, the barrier it handed in, its stream)
+        self._waiting: dict[int, tuple] = {}
         self._released: dict[int, tuple[int, dict]] = {}  # host -> (barrier, last release sent)
         self._open_stream_listener()
+        self._via: _Stream | None = None      # the stream the request being handled came over
         self._stop = False
         self.served = 0
         self.errors = 0
@@ -119,7 +128,8 @@ class PoolServer:
         end = None if duration_s is None else time.monotonic() + duration_s
         poller = self._poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
-        poller.register(self._listener, zmq.POLLIN)
+        if self._listener is not None:
+            poller.register(self._listener, zmq.POLLIN)
         while not self._stop and (end is None or time.monotonic() < end):
             for what, _ in poller.poll(POLL_MS):
                 if what is self.sock:
@@ -130,7 +140,7 @@ class PoolServer:
                         except zmq.Again:
                             break
                         self._handle(msg[0].bytes, [f.buffer for f in msg[1:]])
-                elif what == self._listener.fileno():   # plain sockets poll as their fd
+                elif self._listener is not None and what == self._listener.fileno():
                     self._accept_stream()
                 elif what in self._streams:
                     self._read_stream(self._streams[what])
@@ -143,32 +153,46 @@ class PoolServer:
         self._conns.clear()
         for stream in list(self._streams.values()):
             self._close_stream(stream)
-        self._listener.close()
-        shutil.rmtree(self._stream_dir, ignore_errors=True)
+        if self._listener is not None:       # (plain sockets poll as their descriptor)
+            self._listener.close()
+            shutil.rmtree(self._stream_dir, ignore_errors=True)
         self.sock.close(0)
         self.ctx.term()
 
     # ------------------------------------------------------------------ local streams
     def _open_stream_listener(self) -> None:
+        self._streams: dict[int, _Stream] = {}            # by file descriptor
+        self._poller = None
         # mkdtemp makes a directory only this user can enter: other users cannot even connect
         self._stream_dir = tempfile.mkdtemp(prefix="cxlsim-pool-")
         self.stream_path = os.path.join(self._stream_dir, "stream.sock")
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(self.stream_path)
-        self._listener.listen(64)
+        try:
+            self._listener.bind(self.stream_path)
+            self._listener.listen(64)
+        except OSError as exc:     # e.g. a TMPDIR too long for a socket path: ZeroMQ only
+            print(f"cxlsim pool: no local stream ({exc}); hosts use ZeroMQ", file=self.log)
+            self._listener.close()
+            self._listener, self.stream_path = None, None
+            shutil.rmtree(self._stream_dir, ignore_errors=True)
+            return
         self._listener.setblocking(False)
-        self._streams: dict[int, _Stream] = {}            # by file descriptor
-        self._poller = None
 
     def _accept_stream(self) -> None:
         try:
             sock, _ = self._listener.accept()
         except BlockingIOError:
             return
+        except OSError as exc:     # out of descriptors: refuse this one, keep serving
+            print(f"cxlsim pool: local stream not accepted: {exc}", file=self.log)
+            return
+        if sum(1 for st in self._streams.values() if st.ident is None) >= MAX_UNBOUND_STREAMS:
+            sock.close()
+            return
         # replies block at most this long on a host that stopped reading; then it is cut off
         sock.settimeout(self.heartbeat_timeout_s)
         tune(sock)
-        self._streams[sock.fileno()] = _Stream(sock, max(self.max_frame_bytes, P.MAX_HEADER_BYTES))
+        self._streams[sock.fileno()] = _Stream(sock)
         self._poller.register(sock, zmq.POLLIN)
 
     def _close_stream(self, stream: _Stream) -> None:
@@ -183,10 +207,12 @@ class PoolServer:
     def _read_stream(self, stream: _Stream) -> None:
         try:
             messages = stream.reader.read()
+        except BlockingIOError:
+            return                       # a stale event: nothing to read
         except EOFError:
             messages = None
-        except (OSError, ProtocolError) as exc:
-            print(f"cxlsim pool: local stream closed: {exc}", file=self.log)
+        except Exception as exc:         # broken framing, a reset, no memory: this stream only
+            print(f"cxlsim pool: local stream closed: {exc!r}", file=self.log)
             messages = None
         if messages is None:             # the host closed it, died, or broke the framing
             self._close_stream(stream)
@@ -197,7 +223,7 @@ class PoolServer:
                 if stream.ident is None:
                     return
             else:
-                self._handle(stream.ident, frames)
+                self._handle(stream.ident, frames, stream)
 
     def _bind_stream(self, stream: _Stream, frames) -> None:
         """The first message on a stream is a hello with the token an attached host was given."""
@@ -206,26 +232,33 @@ class PoolServer:
         except ProtocolError:
             token = ""
         for ident, conn in self._conns.items():
-            if token and secrets.compare_digest(conn.token.encode(), token.encode()):
+            if token and conn.token and secrets.compare_digest(conn.token.encode(),
+                                                                token.encode()):
                 if conn.stream is not None:
                     self._close_stream(conn.stream)
+                conn.token = ""          # one use: nobody else can take this host's stream
                 stream.ident, conn.stream = ident, stream
-                self._send(ident, P.encode_reply(None, {"stream": True}))
+                limit = max(self.max_frame_bytes, P.MAX_HEADER_BYTES)
+                stream.reader = MessageReader(stream.sock, limit,
+                                              max_body_bytes=2 * limit + P.MAX_HEADER_BYTES,
+                                              flags=socket.MSG_DONTWAIT)
+                self._send(ident, P.encode_reply(None, {"stream": True}), (), stream)
                 return
         print("cxlsim pool: local stream without a valid token closed", file=self.log)
         self._close_stream(stream)
 
     # ------------------------------------------------------------------ replies
-    def _send(self, ident: bytes, header: bytes, frames=()) -> None:
-        conn = self._conns.get(ident)
-        if conn is not None and conn.stream is not None:
+    def _send(self, ident: bytes, header: bytes, frames=(), stream: _Stream | None = None
+              ) -> None:
+        """Reply over `stream` (the local stream the request came over) or else ZeroMQ."""
+        if stream is not None and stream.sock.fileno() in self._streams:
             try:
-                send_message(conn.stream.sock, [header, *frames])
+                send_message(stream.sock, [header, *frames], self.heartbeat_timeout_s)
+                return
             except OSError as exc:     # gone, or stopped reading for a heartbeat timeout
-                print(f"cxlsim pool: host {conn.host}: local stream closed ({exc})",
+                print(f"cxlsim pool: local stream closed ({exc}); replying over ZeroMQ",
                       file=self.log)
-                self._close_stream(conn.stream)
-            return
+                self._close_stream(stream)
         try:
             self.sock.send_multipart([ident, header, *frames], copy=False)
         except zmq.ZMQError as exc:   # peer gone: nothing to tell it
@@ -233,11 +266,12 @@ class PoolServer:
 
     def _error(self, ident: bytes, req_id, code: str, message: str) -> None:
         self.errors += 1
-        self._send(ident, P.encode_error(req_id, code, message))
+        self._send(ident, P.encode_error(req_id, code, message), (), self._via)
 
     # ------------------------------------------------------------------ requests
-    def _handle(self, ident: bytes, frames: list) -> None:
-        """One request; `frames` are buffers (from ZeroMQ or a local stream)."""
+    def _handle(self, ident: bytes, frames: list, stream: _Stream | None = None) -> None:
+        """One request; `frames` are buffers, from ZeroMQ or from `stream`, where replies go."""
+        self._via = stream
         try:
             req_id, cmd, args, data = P.decode_request(frames, self.max_frame_bytes)
         except ProtocolError as exc:
@@ -251,7 +285,7 @@ class PoolServer:
             conn.last_seen = time.monotonic()
         try:
             if cmd == "sync":
-                self._send(ident, P.encode_reply(req_id, self._sync()))
+                self._send(ident, P.encode_reply(req_id, self._sync()), (), stream)
                 return
             if cmd == "attach":
                 self._attach(ident, req_id, args)
@@ -265,7 +299,7 @@ class PoolServer:
             out = handler(ident, conn, req_id, args, data)
             if out is not None:
                 result, reply_frames = out
-                self._send(ident, P.encode_reply(req_id, result), reply_frames)
+                self._send(ident, P.encode_reply(req_id, result), reply_frames, stream)
             self.served += 1
         except PoolError as exc:
             self._error(ident, req_id, P.E_REFUSED, str(exc))
@@ -297,7 +331,7 @@ class PoolServer:
         print(f"cxlsim pool: host {host} attached (quota {args['quota']} B, "
               f"shm {'yes' if window else 'no'})", file=self.log)
         self._send(ident, P.encode_reply(req_id, {**self._sync(), "stream": self.stream_path,
-                                                  "stream_token": conn.token}))
+                                                  "stream_token": conn.token}), (), self._via)
 
     def _drop_host(self, ident: bytes, reason: str) -> None:
         conn = self._conns[ident]
@@ -318,6 +352,9 @@ class PoolServer:
 
     def _reap(self) -> None:
         now = time.monotonic()
+        for stream in [st for st in self._streams.values()
+                       if st.ident is None and now - st.opened > HELLO_WAIT_S]:
+            self._close_stream(stream)           # connected and never said who it is
         for ident, conn in list(self._conns.items()):
             if now - conn.last_seen > self.heartbeat_timeout_s:
                 self._drop_host(ident, f"missed heartbeats for {self.heartbeat_timeout_s} s: "
@@ -329,12 +366,12 @@ class PoolServer:
     def _release(self, releases: dict) -> None:
         """Answer the exchange of each host the pool releases (the others stay parked)."""
         for host, delta in sorted(releases.items()):
-            req_id, handed_in = self._waiting.pop(host)
+            req_id, handed_in, stream = self._waiting.pop(host)
             result = _delta_to_wire(delta)
             self._released[host] = (handed_in, result)
             ident = self._by_host.get(host)
             if ident is not None:
-                self._send(ident, P.encode_reply(req_id, result))
+                self._send(ident, P.encode_reply(req_id, result), (), stream)
 
     # ------------------------------------------------------------------ commands
     # Each returns (result, data frames) to reply now, or None when the reply comes later.
@@ -342,7 +379,7 @@ class PoolServer:
         return {"quantum": self.pool.quantum, "waiting": self.pool.waiting}, ()
 
     def _cmd_detach(self, ident, conn, req_id, args, data):
-        self._send(ident, P.encode_reply(req_id, None))   # while its stream is still known
+        self._send(ident, P.encode_reply(req_id, None), (), self._via)   # before its stream goes
         self._drop_host(ident, "detached")
         return None
 
@@ -422,7 +459,7 @@ class PoolServer:
     def _cmd_exchange(self, ident, conn, req_id, args, data):
         host, quantum = conn.host, args["quantum"]
         if host in self._waiting and quantum == self._waiting[host][1]:
-            self._waiting[host] = (req_id, quantum)   # the client retried after a timeout
+            self._waiting[host] = (req_id, quantum, self._via)   # a retry after a timeout
             return None
         last = self._released.get(host)
         if last is not None and last[0] == quantum and host not in self._waiting:
@@ -430,7 +467,7 @@ class PoolServer:
         ops = [PoolOp(t, host, seq, kind, key, nbytes, shared)
                for t, seq, kind, key, nbytes, shared in args["ops"]]
         releases = self.pool.exchange(host, quantum, ops, args.get("next_ns"))
-        self._waiting[host] = (req_id, quantum)
+        self._waiting[host] = (req_id, quantum, self._via)
         self._release(releases)
         return None
 

@@ -1,4 +1,4 @@
-"""The local stream: the pool's messages over a Unix-domain socket, for hosts on the server's machine.
+"""The local stream: the pool's messages over a Unix socket, for hosts on the server's machine.
 
 Why it exists: a ZeroMQ round trip passes through an I/O thread at each end, so a quantum barrier
 of four host processes and a server on a 2-core machine costs about 0.4-0.8 ms over ZeroMQ and
@@ -13,6 +13,7 @@ directory only the server's user can enter, and a stream is served only after a 
 """
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import time
@@ -22,9 +23,11 @@ from ..errors import PoolError, ProtocolError
 _U32 = struct.Struct("<I")
 _ONE_FRAME = struct.Struct("<II")
 MAX_FRAMES = (1 << 16) + 1          # a header and one data frame per key of a full batch
+IOV_MAX = 1024                      # buffers one sendmsg takes (Linux)
 # bytes per recv: Python allocates the full size for every call, and a buffer past glibc's mmap
 # threshold (128 KiB) costs a map and unmap each time, tripling a small round trip
 READ_BYTES = 64 << 10
+KEEP_BODY_BYTES = 64 << 20          # a larger body buffer is not kept for the next message
 
 
 def tune(sock: socket.socket) -> None:
@@ -43,15 +46,22 @@ def message_prefix(frames) -> bytes:
     return struct.pack(f"<{len(lengths) + 1}I", len(lengths), *lengths)
 
 
-def send_message(sock: socket.socket, frames) -> None:
-    """Write one message; blocks (up to the socket's timeout) until the kernel took all of it."""
+def send_message(sock: socket.socket, frames, timeout_s: float) -> None:
+    """Write one message within timeout_s in all (socket.timeout if the peer does not read)."""
     if len(frames) == 1 and isinstance(frames[0], bytes) and len(frames[0]) < READ_BYTES:
+        if sock.gettimeout() != timeout_s:     # a system call: only when it changes
+            sock.settimeout(timeout_s)
         sock.sendall(_ONE_FRAME.pack(1, len(frames[0])) + frames[0])   # most requests, replies
         return
+    deadline = time.monotonic() + timeout_s
     parts = [memoryview(message_prefix(frames))]
     parts += [memoryview(f).cast("B") for f in frames]
     while parts:
-        sent = sock.sendmsg(parts)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout(f"the peer read too little of a message within {timeout_s:g} s")
+        sock.settimeout(left)
+        sent = sock.sendmsg(parts[:IOV_MAX])
         while parts and sent >= len(parts[0]):
             sent -= len(parts[0])
             parts.pop(0)
@@ -65,9 +75,13 @@ class MessageReader:
     buffer of its size, so a 2 MiB block costs no piecewise concatenation. Refuses frame
     counts and sizes over the limits (ProtocolError); EOFError when the peer closed."""
 
-    def __init__(self, sock: socket.socket, max_frame_bytes: int):
+    def __init__(self, sock: socket.socket, max_frame_bytes: int, max_frames: int = MAX_FRAMES,
+                 max_body_bytes: int | None = None, flags: int = 0):
         self.sock = sock
         self.max_frame_bytes = max_frame_bytes
+        self.max_frames = max_frames
+        self.max_body_bytes = max_body_bytes or MAX_FRAMES * max_frame_bytes
+        self.flags = flags           # socket.MSG_DONTWAIT: never block (the server's readers)
         self._buf = b""              # bytes received and not yet cut into messages
         self._big = None             # (body view, bytes filled, frame lengths) being read
         # one buffer for every large body, reused: a fresh multi-MiB buffer per message costs a
@@ -75,11 +89,16 @@ class MessageReader:
         # into it, valid until the next read: callers copy what they keep.
         self._body_buf = bytearray()
 
+    @property
+    def in_body(self) -> bool:
+        """A large body is being read: its next bytes are already on their way."""
+        return self._big is not None
+
     def read(self) -> list[list[memoryview]]:
         """One recv; the messages it completed (possibly none)."""
         if self._big is not None:
             body, filled, lengths = self._big
-            got = self.sock.recv_into(body[filled:])
+            got = self.sock.recv_into(body[filled:], 0, self.flags)
             if not got:
                 raise EOFError
             filled += got
@@ -87,8 +106,10 @@ class MessageReader:
                 self._big = (body, filled, lengths)
                 return []
             self._big = None
+            if len(self._body_buf) > KEEP_BODY_BYTES:
+                self._body_buf = bytearray()   # frames still point into the old one
             return [_split(body, lengths)]
-        data = self.sock.recv(READ_BYTES)
+        data = self.sock.recv(READ_BYTES, self.flags)
         if not data:
             raise EOFError
         self._buf = self._buf + data if self._buf else data
@@ -98,8 +119,9 @@ class MessageReader:
         out, buf, at = [], self._buf, 0
         while len(buf) - at >= 4:
             n = _U32.unpack_from(buf, at)[0]
-            if not 1 <= n <= MAX_FRAMES:
-                raise ProtocolError(f"stream message with {n} frames (1..{MAX_FRAMES} allowed)")
+            if not 1 <= n <= self.max_frames:
+                raise ProtocolError(f"stream message with {n} frames (1..{self.max_frames} "
+                                    f"allowed)")
             head = at + 4 + 4 * n
             if len(buf) < head:
                 break
@@ -108,6 +130,9 @@ class MessageReader:
                 raise ProtocolError(f"stream frame of {max(lengths)} B exceeds the "
                                     f"{self.max_frame_bytes} B limit")
             end = head + sum(lengths)
+            if end - head > self.max_body_bytes:
+                raise ProtocolError(f"stream message of {end - head} B exceeds the "
+                                    f"{self.max_body_bytes} B limit")
             if len(buf) >= end:
                 out.append(_split(memoryview(buf)[head:end], lengths))
                 at = end
@@ -134,20 +159,19 @@ def _split(body: memoryview, lengths) -> list[memoryview]:
 
 
 def recv_message(reader: MessageReader, deadline: float, pending: list):
-    """Next message from a client's blocking socket, or None at the deadline. `pending` holds
-    messages already cut from earlier reads."""
+    """Next message from a client's socket, or None at the deadline. `pending` holds messages
+    already cut from earlier reads. The socket keeps its timeout (sends need it); waiting for
+    the deadline is done with select."""
     while not pending:
         left = deadline - time.monotonic()
         if left <= 0:
             return None
-        # setting a timeout costs system calls: keep 1 s (or what is left) and wake to re-check
-        current = reader.sock.gettimeout()
-        if current is None or current > left or current < min(left, 1.0) / 2:
-            reader.sock.settimeout(min(left, 1.0))
+        if not reader.in_body and not select.select([reader.sock], [], [], left)[0]:
+            continue                            # the loop checks the deadline
         try:
             pending.extend(reader.read())
         except socket.timeout:
-            continue                            # the loop checks the deadline
+            continue
         except (OSError, EOFError) as exc:
             raise PoolError(f"pool server closed the local stream ({exc or 'end of stream'}): "
                             f"restarted or down") from None
