@@ -39,6 +39,9 @@ on_insert would (position first_pos + i, parent the previous key). It returns th
 entry per key that needed room. The engine checks every victim and applies the run in order.
 While the run is handled, the view does not yet show its changes, so a policy whose choices read
 the view (usage, bytes_of, tier_of) must not define it. Tests compare it with the per-block calls.
+A subclass that overrides victim, on_insert, on_remove, place or demote_to of the class defining
+admit_many does not get runs (the inherited admit_many would bypass its override) unless it
+defines admit_many again.
 
 A policy whose decisions equal one of the C orderings sets `c_ordering` (and `promote_on_hit`,
 `demote_on_evict` to match its on_hit/demote_to); engines may then run the whole stream in C
