@@ -97,6 +97,27 @@ class Policy:
     #: the engine makes the per-block calls. See the module docstring, "Runs of misses".
     admit_many = None
 
+    def admit_by_block(self, tier: int, keys: list[int], first_pos: int, parent: int | None,
+                       free_slots: int) -> list[int | None]:
+        """admit_many spelled out with the per-block methods: what a policy's own admit_many
+        must equal, and a fallback for the runs its shortcut does not cover."""
+        victims: list[int | None] = []
+        for i, key in enumerate(keys):
+            if free_slots > 0:
+                free_slots -= 1
+            else:
+                try:
+                    victim = self.victim(tier)
+                except LookupError:        # every block pinned: this one is not cached
+                    victims.append(None)
+                    parent = key
+                    continue
+                victims.append(victim)
+                self.on_remove(victim, tier)
+            self.on_insert(key, tier, first_pos + i, parent)
+            parent = key
+        return victims
+
     # ---- notifications (bookkeeping only) --------------------------------------------------
     def on_insert(self, key: int, tier: int, pos: int, parent: int | None) -> None:
         """A new block entered `tier`."""

@@ -37,20 +37,8 @@ class LRU(Policy):
             victims = [key for key, _ in map(order.popitem, repeat(False, need))]
             order.update(dict.fromkeys(keys))
             return victims
-        victims = []                          # pins, or a run longer than the tier: block by block
-        for key in keys:
-            if free_slots > 0:
-                free_slots -= 1
-            else:
-                try:
-                    victim = self.victim(tier)
-                except LookupError:
-                    victims.append(None)
-                    continue
-                del order[victim]
-                victims.append(victim)
-            order[key] = None
-        return victims
+        # pins, or a run longer than the tier: block by block
+        return self.admit_by_block(tier, keys, first_pos, parent, free_slots)
 
     def victim(self, tier):
         pinned = self.view.pinned
