@@ -141,7 +141,7 @@ class PoolServer:
                             break
                         self._handle(msg[0].bytes, [f.buffer for f in msg[1:]])
                 elif self._listener is not None and what == self._listener.fileno():
-                    self._accept_stream()
+                    self._accept_stream()          # (plain sockets poll as their descriptor)
                 elif what in self._streams:
                     self._read_stream(self._streams[what])
             self._reap()
@@ -153,7 +153,7 @@ class PoolServer:
         self._conns.clear()
         for stream in list(self._streams.values()):
             self._close_stream(stream)
-        if self._listener is not None:       # (plain sockets poll as their descriptor)
+        if self._listener is not None:
             self._listener.close()
             shutil.rmtree(self._stream_dir, ignore_errors=True)
         self.sock.close(0)
