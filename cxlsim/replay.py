@@ -391,6 +391,13 @@ def _run_pooled(cfg, dep, sched, topo, trace, wall0, progress, closed_form, clie
             pool.attach(h, 0)
         exchange = pool.exchange_all
     else:
+        if client.server_info["capacity_bytes"] != pool_bytes:
+            # the pool's capacity decides what stays in it: a different one changes every result
+            served = client.server_info["capacity_bytes"]
+            raise ConfigError(f"pool server {client.endpoint} holds {served} B, this replay's "
+                              f"pool ({pool_endpoint}) {pool_bytes} B: start the server with "
+                              f"--capacity-bytes {pool_bytes}, or give the replay --cxl-gib "
+                              f"to match the server")
         if not math.isclose(client.quantum_ns, cfg.quantum_us * 1e3, rel_tol=1e-9):
             # the server keeps the schedule, so its quantum is the one every host runs by
             raise ConfigError(f"pool server {client.endpoint} runs quanta of "

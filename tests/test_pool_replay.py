@@ -114,3 +114,14 @@ def test_sigkill_of_one_replay_host_loses_no_capacity_and_others_finish(tmp_path
                 if p.poll() is None:
                     p.kill()
                     p.wait(10)
+
+
+def test_a_host_refuses_a_server_whose_pool_differs(tmp_path):
+    """A pool of another size changes every result, so a host process says so and stops."""
+    with pool_server(capacity_bytes=2 << 30, extent_mib=1) as (ep, proc, log):
+        one_host = [a if a != str(HOSTS) else "1" for a in COMMON]   # nobody else to wait for
+        out = subprocess.run([sys.executable, "-m", "cxlsim", "replay", str(TRACE), *one_host,
+                              "--pool", ep, "--host-id", "0", "--out", str(tmp_path / "h0")],
+                             capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 2
+    assert f"holds {2 << 30} B, this replay's pool" in out.stderr and "--capacity-bytes" in out.stderr

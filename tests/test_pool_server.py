@@ -307,3 +307,13 @@ def test_many_frames_and_replies_follow_the_request(clients):
     finally:
         c._stream = stream
     assert c.lookup(23, [1]) == 0                   # and the stream still works
+
+
+def test_a_block_over_the_frame_limit_is_refused_with_a_clear_error(clients):
+    c = clients(24, use_shm=False)
+    c.attach(24, 0)
+    limit = c.server_info["max_frame_bytes"]
+    with pytest.raises(PoolError, match=f"block 5 is {limit + 1} B; this server takes blocks up "
+                                        f"to {limit} B"):
+        c.put(24, 5, b"x" * (limit + 1))
+    assert c.transport == "stream" and c.lookup(24, [5]) == 0     # nothing sent, nothing broken

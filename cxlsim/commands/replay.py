@@ -3,6 +3,7 @@ DIR/requests.csv and plots."""
 from __future__ import annotations
 
 import json
+import sys
 
 from ..errors import ConfigError
 from ..hardware import known_accelerators, known_models
@@ -125,9 +126,14 @@ def _wait_for_hosts(client, hosts: int, timeout_s: float) -> None:
     """The barrier counts attached hosts, so no host may start before all of them are there."""
     import time
     deadline = time.monotonic() + timeout_s
+    told = False
     while True:
         stats = client.stats()
         attached = sorted(int(h) for h in stats["hosts"])
+        if not told and len(attached) < hosts:
+            print(f"cxlsim replay: host {client.host_id} waits for {hosts - len(attached)} more "
+                  f"host(s) to attach to {client.endpoint}", file=sys.stderr, flush=True)
+            told = True
         if stats["quantum"] != 0:
             raise ConfigError(f"pool server {client.endpoint} has already run {stats['quantum']} "
                               f"barriers: start a fresh server for each multi-host replay")

@@ -257,6 +257,11 @@ class PoolClient:
         reason it was refused; raises PoolError if any was refused unless raise_on_error=False."""
         self._me(host)
         items = [(int(k), _buffer(d)) for k, d in items]
+        limit = self.server_info.get("max_frame_bytes", P.DEFAULT_MAX_FRAME_BYTES)
+        for key, buf in items:            # refused up front: the server would cut us off
+            if len(buf) > limit and not (self.window is not None and len(buf) <= self.window.size):
+                raise PoolError(f"put: block {key} is {len(buf)} B; this server takes blocks up "
+                                f"to {limit} B (cxlsim pool serve --max-frame-bytes)")
         out: list[str | None] = []
         for chunk, use_window in self._chunks(items):
             keys = [k for k, _ in chunk]
