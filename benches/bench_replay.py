@@ -4,9 +4,6 @@
 cost linear in the number of blocks."""
 import time
 
-import numpy as np
-import pytest
-
 from conftest import report
 from cxlsim.replay import ReplayConfig, read_trace, run_replay
 

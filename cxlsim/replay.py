@@ -22,7 +22,6 @@ from .fabric import Fabric
 from .hardware import load_accelerator, load_model
 from .policies import make_policy
 from .serving.cost import DEFAULT_MBU, DEFAULT_MFU, DEFAULT_RESERVE, Deployment, default_tp
-from .serving.engine import EventLoop
 from .serving.host import RequestLog, ServingHost
 from .serving.kvtiers import Tier, TieredKV
 from .serving.metrics import CSV_COLUMNS, fabric_summary, latency_summary, request_table

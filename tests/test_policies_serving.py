@@ -1,5 +1,4 @@
 """Serving-baseline policies against hand-made access sequences (KVStore, blocks of 1 byte)."""
-import numpy as np
 import pytest
 
 from cxlsim.index import BlockIndex, TierSpec

@@ -154,7 +154,6 @@ def test_barrier_order_does_not_depend_on_arrival():
         by_host = {0: ops(0, [(5.0, OP_PUT, 1, 4 * KIB, True), (6.0, OP_TOUCH, 1, 0, True)]),
                    1: ops(1, [(1.0, OP_PUT, 2, 4 * KIB, True)]),
                    2: ops(2, [(5.0, OP_PUT, 3, 4 * KIB, True), (7.0, OP_FREE, 2, 0, True)])}
-        out = None
         for h in order:
             released = p.exchange(h, 0, by_host[h])
             if h != order[-1]:

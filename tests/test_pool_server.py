@@ -14,7 +14,7 @@ from cxlsim.pool import protocol as P
 from cxlsim.pool.api import PoolOp
 from cxlsim.pool.client import PoolClient
 from cxlsim.pool.local import LocalPool
-from pool_support import pool_server, stop, wait_for
+from pool_support import pool_server, stop
 
 MIB = 1 << 20
 

@@ -9,7 +9,6 @@ mfu = mbu = 1, KV 4 B/token (1 layer, 1 KV head of size 1, 2 bytes), attention 4
 """
 import json
 
-import numpy as np
 import pytest
 
 from cxlsim.replay import ReplayConfig, run_replay

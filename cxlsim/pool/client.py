@@ -284,7 +284,7 @@ class PoolClient:
         """Split a batch so each request fits the window, or the frame limits of sockets."""
         limit = self.window.size if self.window is not None else \
             self.server_info.get("max_frame_bytes", P.DEFAULT_MAX_FRAME_BYTES)
-        chunk, size = [], 0
+        chunk, size, chunk_window = [], 0, False   # chunk_window: the open chunk uses the window
         for item in items:
             n = len(item[1])
             fits_window = self.window is not None and n <= self.window.size

@@ -106,7 +106,6 @@ class LocalPool:
         self._next: dict[int, float] = {}          # next event time each host last reported
         self._held: dict[int, DeltaMerger] = {}        # parked host -> what it missed, merged
         self._time_quantum = 0                     # virtual-time quantum the next barrier ends
-        self._last_delta: PoolDelta | None = None
         self._quantum_coh: dict[int, float] = {}
 
     # ------------------------------------------------------------------ checks
@@ -501,7 +500,6 @@ class LocalPool:
             self._time_quantum += 1
         delta = self._delta(quantum, tuple(rejected), next_ns, run_until)
         self.quantum = quantum + 1
-        self._last_delta = delta
         return delta
 
     def _delta(self, quantum: int, rejected, next_ns: float = float("inf"),
@@ -581,10 +579,6 @@ class LocalPool:
     def waiting(self) -> list[int]:
         """Hosts that handed in the current barrier or are parked, waiting for the others."""
         return sorted(set(self._pending) | set(self._held))
-
-    @property
-    def last_delta(self) -> PoolDelta | None:
-        return self._last_delta
 
     # ------------------------------------------------------------------ invariants
     def check(self) -> None:
