@@ -21,7 +21,7 @@ VALID = {
     "put": {"keys": [78], "shared": True, "shm": None},
     "get": {"keys": [1], "shm": False}, "free": {"keys": [2]}, "share": {"keys": [1]},
     "lookup": {"keys": [1, 2]}, "pin": {"keys": [2]}, "unpin": {"keys": [2]},
-    "exchange": {"quantum": 0, "ops": [[1.0, 0, "put", 79, 10, True]], "next_ns": None},
+    "exchange": {"quantum": 0, "ops": [[1.0], [0], ["put"], [79], [10], [True]], "next_ns": None},
 }
 # values no field accepts at the top level of args: bytes, floats, maps, lists of strings
 BAD_VALUE = st.one_of(st.binary(max_size=8), st.floats(), st.lists(st.text(max_size=2),

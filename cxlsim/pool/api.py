@@ -35,8 +35,7 @@ Two ways to use a pool:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -47,20 +46,21 @@ OP_FREE = "free"      # the host no longer needs its private block / its referen
 OP_KINDS = (OP_PUT, OP_TOUCH, OP_FREE)
 
 
-@dataclass(frozen=True, order=True)
-class PoolOp:
-    """One buffered pool operation. Sort order = application order: (t_ns, host, seq)."""
+class PoolOp(NamedTuple):
+    """One buffered pool operation. Application order is (t_ns, host, seq), which is unique per
+    op (a host numbers its ops), so plain tuple order sorts them. A tuple, not a dataclass: a
+    replay makes one per block that moves to or is read from the pool, and builds and sorts
+    them several times faster this way."""
     t_ns: float
     host: int
     seq: int
-    kind: str = field(compare=False)
-    key: int = field(compare=False)
-    nbytes: int = field(compare=False, default=0)
-    shared: bool = field(compare=False, default=True)
+    kind: str
+    key: int
+    nbytes: int = 0
+    shared: bool = True
 
 
-@dataclass(frozen=True)
-class PoolDelta:
+class PoolDelta(NamedTuple):
     """What changed in the pool during one quantum, identical for every host."""
     quantum: int
     added: tuple[int, ...]       # keys now readable by every host (shared blocks put this quantum)

@@ -28,7 +28,7 @@ from . import protocol as P
 from .api import PoolDelta, PoolOp
 from .local import as_bytes
 from .shm import DEFAULT_WINDOW_BYTES, ShmWindow
-from .stream import MessageReader, recv_message, send_message, tune
+from .stream import MessageReader, recv_message, send_message, tune, wait_in_kernel
 
 
 def _buffer(data):
@@ -123,6 +123,7 @@ class PoolClient:
             sock.settimeout(self.timeout_s)
             tune(sock)
             sock.connect(path)
+            wait_in_kernel(sock)
             send_message(sock, [P.encode_stream_hello(token)], self.timeout_s)
             limit = max(self.server_info.get("max_frame_bytes", P.DEFAULT_MAX_FRAME_BYTES),
                         P.MAX_HEADER_BYTES * 16)   # a reply header may be large (stats, deltas)
@@ -365,8 +366,10 @@ class PoolClient:
         for op in ops:
             if op.host != host:
                 raise PoolError(f"op {op} belongs to host {op.host}, not to this host {host}")
-        wire = [[float(o.t_ns), int(o.seq), o.kind, int(o.key), int(o.nbytes), bool(o.shared)]
-                for o in ops]
+        # column by column (protocol.OPS): the server checks each column in one pass
+        wire = [[float(o.t_ns) for o in ops], [int(o.seq) for o in ops], [o.kind for o in ops],
+                [int(o.key) for o in ops], [int(o.nbytes) for o in ops],
+                [bool(o.shared) for o in ops]]
         if next_ns is not None and not math.isfinite(next_ns):
             next_ns = None
         req = self._send("exchange", {"quantum": int(quantum), "ops": wire,

@@ -25,7 +25,7 @@ Semantics (the contract's details; docs/protocol.md repeats them for the wire):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -556,23 +556,26 @@ class LocalPool:
     def try_complete(self) -> dict[int, PoolDelta]:
         """Apply the pending barrier if every attached host has handed it in or is parked, and
         return the releases (see exchange)."""
-        waiting = set(self._pending) | set(self._held)
-        if not waiting or set(self._hosts) - waiting:
+        pending, held = self._pending, self._held      # disjoint: see exchange
+        if not (pending or held) or any(h not in pending and h not in held for h in self._hosts):
             return {}                    # (a host that left may leave only parked ones behind)
-        pending, self._pending = self._pending, {}
+        self._pending = {}
         delta = self._apply_quantum(self.quantum, pending, min(self._next.values(),
                                                                 default=float("inf")))
         released = {}
-        for host in sorted(set(pending) | set(self._held)):
-            owed = self._held.pop(host, None)
-            if owed is None:
-                owed = DeltaMerger()
-            owed.add(delta)
+        for host in sorted([*pending, *held]):
+            owed = held.pop(host, None)
             if self._next[host] < delta.run_until_ns or not math.isfinite(delta.run_until_ns):
+                if owed is not None:     # parked through earlier barriers: all of them at once
+                    owed.add(delta)
                 others = min((t for h, t in self._next.items() if h != host), default=math.inf)
-                released[host] = replace(owed.result(), horizon_ns=others)
+                released[host] = (delta if owed is None else owed.result())._replace(
+                    horizon_ns=others)
             else:
-                self._held[host] = owed
+                if owed is None:
+                    owed = DeltaMerger()
+                owed.add(delta)
+                held[host] = owed
         return released
 
     @property

@@ -130,6 +130,7 @@ class PoolServer:
         poller.register(self.sock, zmq.POLLIN)
         if self._listener is not None:
             poller.register(self._listener, zmq.POLLIN)
+        next_reap = 0.0
         while not self._stop and (end is None or time.monotonic() < end):
             for what, _ in poller.poll(POLL_MS):
                 if what is self.sock:
@@ -144,7 +145,10 @@ class PoolServer:
                     self._accept_stream()          # (plain sockets poll as their descriptor)
                 elif what in self._streams:
                     self._read_stream(self._streams[what])
-            self._reap()
+            now = time.monotonic()
+            if now >= next_reap:         # every POLL_MS, not after every request
+                self._reap()
+                next_reap = now + POLL_MS / 1000
 
     def close(self) -> None:
         for conn in self._conns.values():
@@ -189,8 +193,7 @@ class PoolServer:
         if sum(1 for st in self._streams.values() if st.ident is None) >= MAX_UNBOUND_STREAMS:
             sock.close()
             return
-        # replies block at most this long on a host that stopped reading; then it is cut off
-        sock.settimeout(self.heartbeat_timeout_s)
+        sock.setblocking(True)     # reads pass MSG_DONTWAIT; sends wait with select (stream.py)
         tune(sock)
         self._streams[sock.fileno()] = _Stream(sock)
         self._poller.register(sock, zmq.POLLIN)
@@ -207,8 +210,10 @@ class PoolServer:
     def _read_stream(self, stream: _Stream) -> None:
         try:
             messages = stream.reader.read()
+            while not messages and stream.reader.in_body:   # the rest of a large body is
+                messages = stream.reader.read()               # likely here: no poll between
         except BlockingIOError:
-            return                       # a stale event: nothing to read
+            return                       # nothing (more) to read yet
         except EOFError:
             messages = None
         except Exception as exc:         # broken framing, a reset, no memory: this stream only
@@ -464,8 +469,8 @@ class PoolServer:
         last = self._released.get(host)
         if last is not None and last[0] == quantum and host not in self._waiting:
             return last[1], ()        # a retry whose release was lost on the way: send it again
-        ops = [PoolOp(t, host, seq, kind, key, nbytes, shared)
-               for t, seq, kind, key, nbytes, shared in args["ops"]]
+        t_ns, seq, kind, key, nbytes, shared = args["ops"]
+        ops = list(map(PoolOp, t_ns, [host] * len(t_ns), seq, kind, key, nbytes, shared))
         releases = self.pool.exchange(host, quantum, ops, args.get("next_ns"))
         self._waiting[host] = (req_id, quantum, self._via)
         self._release(releases)
