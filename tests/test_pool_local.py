@@ -275,3 +275,30 @@ def test_a_merged_delta_has_the_effect_of_its_parts_in_order(changes, mirror):
     merged.apply(merger.result())
     assert merged.mirror == one_by_one.mirror
     assert merged.rejected == one_by_one.rejected == len(deltas)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.lists(st.one_of(st.none(), st.floats(0.0, 20_000.0)), min_size=3, max_size=3),
+                min_size=1, max_size=12))
+def test_due_names_the_hosts_a_hand_in_releases(rounds):
+    """`due` (the server's early wake-up of a parked host) predicts exactly what the barrier then
+    releases, and nothing while other hosts still have to hand in. Each round, the hosts that
+    were released hand in again with the next event times drawn."""
+    p = pool(quantum_ns=1000.0)
+    for h in range(3):
+        p.attach(h, 0)
+    running, q = [0, 1, 2], 0
+    for nexts in rounds:
+        if not running:
+            break
+        for i, h in enumerate(running):
+            predicted = p.due(h, nexts[h])
+            released = p.exchange(h, q, [], nexts[h])
+            if i < len(running) - 1:
+                assert predicted == [] and released == {}
+            else:
+                assert predicted == sorted(released)
+        q += 1
+        running = sorted(released)
+        if any(math.isinf(d.run_until_ns) for d in released.values()):
+            break

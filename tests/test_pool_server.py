@@ -203,6 +203,35 @@ def test_exchange_through_server_matches_local_pool_exactly():
                 c.close()
 
 
+def test_a_parked_host_hears_its_release_is_coming(server):
+    """Host 0 is parked (its next event is later); when host 1's hand-in completes the barrier
+    that releases host 0, the server first sends host 0 a `soon` notice (so it can stop sleeping
+    while the ops are applied), then the release itself."""
+    a, b = raw_socket(server), raw_socket(server)
+    try:
+        for h, s in ((0, a), (1, b)):
+            attach = P.encode_request(1, "attach", {"host": h, "quota": 0, "shm": None})
+            assert rpc(s, [attach])["ok"]
+        none = [[], [], [], [], [], []]
+        a.send_multipart([P.encode_request(2, "exchange", {"quantum": 0, "ops": none,
+                                                           "next_ns": 5e6})])
+        first = rpc(b, [P.encode_request(2, "exchange", {"quantum": 0, "ops": none,
+                                                         "next_ns": 1e3})])
+        assert first["id"] == 2 and first["result"]["run_until_ns"] == 1e6   # host 1 runs alone
+        assert a.poll(200) == 0                                              # host 0 is parked
+        put = [[500.0], [0], ["put"], [42], [4096], [True]]
+        b.send_multipart([P.encode_request(3, "exchange", {"quantum": 1, "ops": put,
+                                                           "next_ns": None})])
+        notice = msgpack.unpackb(a.recv_multipart()[0], raw=False)
+        assert P.is_soon_notice(notice, 0)
+        release = msgpack.unpackb(a.recv_multipart()[0], raw=False)
+        assert release["id"] == 2 and release["result"]["added"] == [42]
+        assert release["result"]["run_until_ns"] == 6e6
+    finally:
+        a.close(0)
+        b.close(0)
+
+
 def test_server_restart_gives_a_clear_error(tmp_path):
     port_ep = None
     with pool_server() as (endpoint, proc, log):

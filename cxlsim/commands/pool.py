@@ -33,6 +33,9 @@ def add_parser(sub):
                    help="allow a non-loopback bind without CURVE (anyone who reaches it is served)")
     s.add_argument("--max-frame-bytes", type=int, default=64 << 20,
                    help="largest frame accepted (default 64 MiB)")
+    s.add_argument("--spin-us", type=float, default=None,
+                   help="after handling requests, poll this long for the next one before "
+                   "sleeping, while a core is free (default 1000; 0: always sleep)")
     k = psub.add_parser("keygen", help="write a CURVE key pair: DIR/pool.secret and DIR/pool.public")
     k.add_argument("dir", help="directory for the key files (created)")
     return p
@@ -86,9 +89,12 @@ def _serve(args) -> int:
 
     def ready(line):
         print(line, flush=True)
+    spin = {} if args.spin_us is None else {"spin_us": args.spin_us}
+    if args.spin_us is not None and not args.spin_us >= 0:
+        raise ConfigError(f"--spin-us must be >= 0, got {args.spin_us}")
     return run_server(pool, args.bind, ready=ready, heartbeat_timeout_s=args.heartbeat_timeout_s,
                       curve_secret_key=secret, insecure=args.insecure,
-                      max_frame_bytes=args.max_frame_bytes, log=sys.stderr)
+                      max_frame_bytes=args.max_frame_bytes, log=sys.stderr, **spin)
 
 
 def run(args) -> int:

@@ -28,7 +28,8 @@ from . import protocol as P
 from .api import PoolDelta, PoolOp
 from .local import as_bytes
 from .shm import DEFAULT_WINDOW_BYTES, ShmWindow
-from .stream import MessageReader, recv_message, send_message, tune, wait_in_kernel
+from .stream import (CLIENT_SPIN_US, MessageReader, recv_message, send_message, tune,
+                     wait_in_kernel)
 
 
 def _buffer(data):
@@ -47,11 +48,13 @@ class PoolClient:
     def __init__(self, endpoint: str, host_id: int, timeout_s: float = 5.0,
                  server_public_key: bytes | None = None, use_shm: bool | str = "auto",
                  shm_bytes: int = DEFAULT_WINDOW_BYTES, heartbeat_s: float = 1.0,
-                 use_stream: bool = True):
+                 use_stream: bool = True, spin_us: float = CLIENT_SPIN_US):
         self.endpoint = endpoint
         self.host_id = host_id
         self.timeout_s = float(timeout_s)
         self.heartbeat_s = heartbeat_s
+        # poll this long for a reply before sleeping (local stream only; stream.py: Waiting)
+        self.spin_s = max(0.0, spin_us) * 1e-6
         self._server_key = server_public_key
         self._identity = b"cxlsim-host-" + os.urandom(12)
         self._ctx = zmq.Context()
@@ -59,6 +62,7 @@ class PoolClient:
         self._stream = None                 # the local stream, once attached over one
         self._want_stream = use_stream
         self._seq = 0
+        self._horizon_ns = math.inf        # earliest next event of the other hosts, last we heard
         self._connect()
         self.window = None
         if use_shm == "auto":
@@ -98,11 +102,11 @@ class PoolClient:
             self._sock.send_multipart([header, *frames], copy=False)
         return self._seq
 
-    def _next_message(self, deadline: float):
+    def _next_message(self, deadline: float, spin_s: float = 0.0):
         """The next reply's frames (buffers), or None at the deadline."""
         if self._stream is not None:
             try:
-                return recv_message(self._stream_reader, deadline, self._stream_pending)
+                return recv_message(self._stream_reader, deadline, self._stream_pending, spin_s)
             except PoolError as exc:
                 self._drop_stream()
                 raise PoolError(f"pool server {self.endpoint}: {exc}") from None
@@ -151,11 +155,12 @@ class PoolClient:
                          f"{self.timeout_s:g} s (server down, restarted or unreachable"
                          f"{'; or a wrong server public key' if self._server_key else ''})")
 
-    def _recv(self, want_id: int, deadline: float, cmd: str, others=None):
-        """Reply to request want_id, or None at the deadline. Replies to other requests go to
-        `others(msg)` when given, else are dropped (stale replies of timed-out requests)."""
+    def _recv(self, want_id: int, deadline: float, cmd: str, others=None, spin_s: float = 0.0):
+        """Reply to request want_id, or None at the deadline. Replies to other requests and
+        notices go to `others(msg)` when given, else are dropped (stale replies of timed-out
+        requests). `others` returning True ends the wait early with None."""
         while True:
-            frames = self._next_message(deadline)
+            frames = self._next_message(deadline, spin_s)
             if frames is None:
                 return None
             try:
@@ -163,8 +168,8 @@ class PoolClient:
             except ProtocolError as exc:
                 raise PoolError(f"pool server {self.endpoint}: bad reply to {cmd}: {exc}") from None
             if msg.get("id") != want_id:
-                if others is not None:
-                    others(msg)
+                if others is not None and others(msg):
+                    return None
                 continue
             if not msg["ok"]:
                 err = msg["error"]
@@ -177,7 +182,7 @@ class PoolClient:
 
     def _call_frames(self, cmd: str, args: dict, frames=()):
         req = self._send(cmd, args, frames)
-        got = self._recv(req, time.monotonic() + self.timeout_s, cmd)
+        got = self._recv(req, time.monotonic() + self.timeout_s, cmd, spin_s=self.spin_s)
         if got is None:
             raise self._timeout(cmd)
         return got
@@ -377,22 +382,33 @@ class PoolClient:
         deadline = time.monotonic() + self.timeout_s
         alive = []
         hb_out = False
+        # poll, not sleep, when the release should come at once: this host's next event is the
+        # earliest of all it knows of, or the server said its release is coming (a notice)
+        soon = next_ns is not None and next_ns < self._horizon_ns
+
+        def seen(msg) -> bool:
+            alive.append(msg)
+            return P.is_soon_notice(msg, quantum) and not soon   # True: start polling now
         while True:
-            got = self._recv(req, min(deadline, time.monotonic() + self.heartbeat_s),
-                             f"exchange of quantum {quantum}", others=alive.append)
+            slice_end = min(deadline, time.monotonic() + self.heartbeat_s)
+            got = self._recv(req, slice_end, f"exchange of quantum {quantum}", others=seen,
+                             spin_s=self.spin_s if soon else 0.0)
             if got is not None:
                 result = got[0]
                 break
             if any(m.get("ok") for m in alive):
                 deadline = time.monotonic() + self.timeout_s   # the server answers: keep waiting
                 hb_out = False
+            soon = soon or any(P.is_soon_notice(m, quantum) for m in alive)
             alive.clear()
             if time.monotonic() >= deadline:
                 raise self._timeout(f"exchange of quantum {quantum}")
-            if not hb_out:      # also keeps this host from being reaped while it waits
+            if not hb_out and time.monotonic() >= slice_end:   # a long wait: say we are alive
                 self._send("heartbeat", {})
                 hb_out = True
-        return delta_from_wire(result)
+        delta = delta_from_wire(result)
+        self._horizon_ns = delta.horizon_ns
+        return delta
 
 
 def delta_from_wire(d: dict) -> PoolDelta:

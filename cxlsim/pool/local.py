@@ -492,15 +492,24 @@ class LocalPool:
                 self._apply_op(op)
             except (PoolError, CoreError) as exc:
                 rejected.append((op.host, op.seq, str(exc)))
-        # the schedule: the next barrier ends the quantum holding the earliest next event
-        run_until = float("inf")
-        if math.isfinite(next_ns):
-            self._time_quantum = max(self._time_quantum, int(next_ns // self.quantum_ns))
-            run_until = (self._time_quantum + 1) * self.quantum_ns
-            self._time_quantum += 1
+        self._time_quantum, run_until = self._schedule(next_ns)
         delta = self._delta(quantum, tuple(rejected), next_ns, run_until)
         self.quantum = quantum + 1
         return delta
+
+    def _schedule(self, next_ns: float) -> tuple[int, float]:
+        """(the new time quantum, run_until_ns) of a barrier whose earliest next event of any
+        host is next_ns: the next barrier ends the quantum holding that event."""
+        if not math.isfinite(next_ns):
+            return self._time_quantum, math.inf
+        ends = max(self._time_quantum, int(next_ns // self.quantum_ns)) + 1
+        return ends, ends * self.quantum_ns
+
+    @staticmethod
+    def _runs(next_ns: float, run_until: float) -> bool:
+        """A host with its next event at next_ns is released by a barrier that schedules
+        run_until (all are, when the replay is over); the others stay parked."""
+        return next_ns < run_until or not math.isfinite(run_until)
 
     def _delta(self, quantum: int, rejected, next_ns: float = float("inf"),
                run_until: float = float("inf")) -> PoolDelta:
@@ -565,7 +574,7 @@ class LocalPool:
         released = {}
         for host in sorted([*pending, *held]):
             owed = held.pop(host, None)
-            if self._next[host] < delta.run_until_ns or not math.isfinite(delta.run_until_ns):
+            if self._runs(self._next[host], delta.run_until_ns):
                 if owed is not None:     # parked through earlier barriers: all of them at once
                     owed.add(delta)
                 others = min((t for h, t in self._next.items() if h != host), default=math.inf)
@@ -577,6 +586,17 @@ class LocalPool:
                 owed.add(delta)
                 held[host] = owed
         return released
+
+    def due(self, host: int, next_ns: float | None) -> list[int]:
+        """The hosts the barrier would release if `host` handed it in now with next_ns: empty
+        while other hosts still have to hand in. Changes nothing; the server uses it to tell a
+        parked host its release is coming before it applies the barrier's ops."""
+        waiting = {*self._pending, *self._held, host}
+        if any(h not in waiting for h in self._hosts):
+            return []
+        nexts = {**self._next, host: math.inf if next_ns is None else float(next_ns)}
+        _, run_until = self._schedule(min(nexts.values()))
+        return sorted(h for h in waiting if self._runs(nexts[h], run_until))
 
     @property
     def waiting(self) -> list[int]:

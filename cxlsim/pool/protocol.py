@@ -280,6 +280,17 @@ def encode_reply(req_id, result=None) -> bytes:
     return pack({"v": VERSION, "id": req_id, "ok": True, "result": result})
 
 
+def encode_soon_notice(quantum: int) -> bytes:
+    """Unsolicited (id null): the release of this parked host from barrier `quantum` is coming;
+    a host may stop sleeping for it. A hint only: it changes nothing and needs no answer."""
+    return pack({"v": VERSION, "id": None, "ok": True, "result": {"soon": quantum}})
+
+
+def is_soon_notice(msg: dict, quantum: int) -> bool:
+    result = msg.get("result")
+    return msg.get("id") is None and type(result) is dict and result.get("soon") == quantum
+
+
 def encode_error(req_id, code: str, message: str) -> bytes:
     return pack({"v": VERSION, "id": req_id, "ok": False,
                  "error": {"code": code, "message": message}})

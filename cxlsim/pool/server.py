@@ -33,7 +33,7 @@ from . import protocol as P
 from .api import PoolOp
 from .local import LocalPool
 from .shm import ShmWindow
-from .stream import MessageReader, send_message, tune
+from .stream import SERVER_SPIN_US, MessageReader, send_message, tune
 
 POLL_MS = 50
 HELLO_BYTES = 256              # a stream hello is far smaller
@@ -88,7 +88,8 @@ class _Stream:
 class PoolServer:
     def __init__(self, pool: LocalPool, bind: str, heartbeat_timeout_s: float = 10.0,
                  curve_secret_key: bytes | None = None, insecure: bool = False,
-                 max_frame_bytes: int = P.DEFAULT_MAX_FRAME_BYTES, log=sys.stderr):
+                 max_frame_bytes: int = P.DEFAULT_MAX_FRAME_BYTES, log=sys.stderr,
+                 spin_us: float = SERVER_SPIN_US):
         check_bind(bind, curve_secret_key is not None, insecure)
         if not heartbeat_timeout_s > 0:
             raise PoolError(f"heartbeat timeout must be > 0 s, got {heartbeat_timeout_s}")
@@ -96,6 +97,10 @@ class PoolServer:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.max_frame_bytes = max_frame_bytes
         self.log = log
+        # after handling requests, poll this long before sleeping, while a core is left for a
+        # running host (stream.py: Waiting)
+        self.spin_s = max(0.0, spin_us) * 1e-6
+        self._cores = os.cpu_count() or 1
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.linger = 0
@@ -131,8 +136,13 @@ class PoolServer:
         if self._listener is not None:
             poller.register(self._listener, zmq.POLLIN)
         next_reap = 0.0
+        events = []
         while not self._stop and (end is None or time.monotonic() < end):
-            for what, _ in poller.poll(POLL_MS):
+            # right after work, the next request is likely close behind: poll for it
+            events = self._spin(poller) if events and self.spin_s else []
+            if not events:
+                events = poller.poll(POLL_MS)
+            for what, _ in events:
                 if what is self.sock:
                     # drain what is queued, but keep reaping even under a flood
                     for _ in range(256):
@@ -149,6 +159,19 @@ class PoolServer:
             if now >= next_reap:         # every POLL_MS, not after every request
                 self._reap()
                 next_reap = now + POLL_MS / 1000
+
+    def _spin(self, poller) -> list:
+        """Poll without sleeping for up to spin_s, if at most one core's worth of hosts is
+        running (attached and not parked in a barrier): the next request is likely due soon,
+        and polling leaves the rest of the cores to them."""
+        if not 0 < len(self._conns) - len(self._waiting) < self._cores:
+            return []
+        until = time.perf_counter() + self.spin_s
+        while time.perf_counter() < until:
+            events = poller.poll(0)
+            if events:
+                return events
+        return []
 
     def close(self) -> None:
         for conn in self._conns.values():
@@ -471,6 +494,10 @@ class PoolServer:
             return last[1], ()        # a retry whose release was lost on the way: send it again
         t_ns, seq, kind, key, nbytes, shared = args["ops"]
         ops = list(map(PoolOp, t_ns, [host] * len(t_ns), seq, kind, key, nbytes, shared))
+        for parked in self.pool.due(host, args.get("next_ns")):
+            if parked != host and parked in self._waiting:   # wake it while the ops are applied
+                _, its_quantum, stream = self._waiting[parked]
+                self._send(self._by_host[parked], P.encode_soon_notice(its_quantum), (), stream)
         releases = self.pool.exchange(host, quantum, ops, args.get("next_ns"))
         self._waiting[host] = (req_id, quantum, self._via)
         self._release(releases)

@@ -10,6 +10,15 @@ and send every later request over the stream instead. Hosts elsewhere never see 
 A message is the same frames as over ZeroMQ (protocol.py: one msgpack header, then data frames),
 preceded by a little-endian u32 frame count and one u32 length per frame. The socket lives in a
 directory only the server's user can enter, and a stream is served only after a valid token.
+
+Waiting. A process that sleeps until a message arrives is back about 90 us after it, on this
+project's 2-core VMs, once it slept longer than a few hundred microseconds (the virtual CPU
+halts); a process polling without sleeping sees it within about 10 us (docs/performance.md).
+A replay barrier pays that twice (host to server, server to host), so both ends poll for a
+bounded time where a message is due soon and a core is free for it: the server after handling
+requests while at most one host is running (`PoolServer(spin_us=...)`, `--spin-us`), a client
+for the reply to each request (`PoolClient(spin_us=...)`), and a parked host once the server
+told it its release is coming (a `soon` notice, docs/protocol.md). Past the budget they sleep.
 """
 from __future__ import annotations
 
@@ -29,6 +38,8 @@ IOV_MAX = 1024                      # buffers one sendmsg takes (Linux)
 READ_BYTES = 64 << 10
 KEEP_BODY_BYTES = 64 << 20          # a larger body buffer is not kept for the next message
 WAIT_SLICE_S = 0.1                  # a waiting client checks its deadline this often
+CLIENT_SPIN_US = 300                # a client polls this long for a reply before it sleeps
+SERVER_SPIN_US = 1000               # the server polls this long for the next request
 
 
 def tune(sock: socket.socket) -> None:
@@ -109,11 +120,12 @@ class MessageReader:
         """A large body is being read: its next bytes are already on their way."""
         return self._big is not None
 
-    def read(self) -> list[list[memoryview]]:
-        """One recv; the messages it completed (possibly none)."""
+    def read(self, flags: int | None = None) -> list[list[memoryview]]:
+        """One recv (with `flags`, else the reader's); the messages it completed (maybe none)."""
+        flags = self.flags if flags is None else flags
         if self._big is not None:
             body, filled, lengths = self._big
-            got = self.sock.recv_into(body[filled:], 0, self.flags)
+            got = self.sock.recv_into(body[filled:], 0, flags)
             if not got:
                 raise EOFError
             filled += got
@@ -124,7 +136,7 @@ class MessageReader:
             if len(self._body_buf) > KEEP_BODY_BYTES:
                 self._body_buf = bytearray()   # frames still point into the old one
             return [_split(body, lengths)]
-        data = self.sock.recv(READ_BYTES, self.flags)
+        data = self.sock.recv(READ_BYTES, flags)
         if not data:
             raise EOFError
         self._buf = self._buf + data if self._buf else data
@@ -173,17 +185,19 @@ def _split(body: memoryview, lengths) -> list[memoryview]:
     return frames
 
 
-def recv_message(reader: MessageReader, deadline: float, pending: list):
+def recv_message(reader: MessageReader, deadline: float, pending: list, spin_s: float = 0.0):
     """Next message from a client's socket (set up by wait_in_kernel), or None at the deadline,
     which may pass by up to WAIT_SLICE_S. `pending` holds messages already cut from earlier
-    reads."""
+    reads. For the first spin_s the socket is polled without sleeping (see Waiting above)."""
+    spin_end = time.perf_counter() + spin_s if spin_s > 0 else 0.0
     while not pending:
         if time.monotonic() >= deadline:
             return None
+        polling = spin_end and time.perf_counter() < spin_end
         try:
-            pending.extend(reader.read())
+            pending.extend(reader.read(socket.MSG_DONTWAIT if polling else None))
         except (BlockingIOError, socket.timeout):
-            continue                            # a slice passed: the loop checks the deadline
+            continue                            # nothing yet, or a slice passed
         except (OSError, EOFError) as exc:
             raise PoolError(f"pool server closed the local stream ({exc or 'end of stream'}): "
                             f"restarted or down") from None
