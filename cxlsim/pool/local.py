@@ -105,6 +105,7 @@ class LocalPool:
         self._pending: dict[int, list[PoolOp]] = {}
         self._next: dict[int, float] = {}          # next event time each host last reported
         self._held: dict[int, DeltaMerger] = {}        # parked host -> what it missed, merged
+        self._unfolded: list[PoolDelta] = []           # the last barrier's, until settle()
         self._time_quantum = 0                     # virtual-time quantum the next barrier ends
         self._quantum_coh: dict[int, float] = {}
 
@@ -565,6 +566,7 @@ class LocalPool:
     def try_complete(self) -> dict[int, PoolDelta]:
         """Apply the pending barrier if every attached host has handed it in or is parked, and
         return the releases (see exchange)."""
+        self.settle()
         pending, held = self._pending, self._held      # disjoint: see exchange
         if not (pending or held) or any(h not in pending and h not in held for h in self._hosts):
             return {}                    # (a host that left may leave only parked ones behind)
@@ -580,12 +582,20 @@ class LocalPool:
                 others = min((t for h, t in self._next.items() if h != host), default=math.inf)
                 released[host] = (delta if owed is None else owed.result())._replace(
                     horizon_ns=others)
-            else:
-                if owed is None:
-                    owed = DeltaMerger()
-                owed.add(delta)
-                held[host] = owed
+            else:                        # parked: owed this delta too (settle)
+                held[host] = owed if owed is not None else DeltaMerger()
+        if held:
+            self._unfolded.append(delta)
         return released
+
+    def settle(self) -> None:
+        """Fold the last barrier's delta into what each parked host is owed. try_complete leaves
+        this for later so that a server can send the releases first and fold while the released
+        hosts run; the next try_complete settles first in any case."""
+        for delta in self._unfolded:
+            for owed in self._held.values():
+                owed.add(delta)
+        self._unfolded.clear()
 
     def due(self, host: int, next_ns: float | None) -> list[int]:
         """The hosts the barrier would release if `host` handed it in now with next_ns: empty

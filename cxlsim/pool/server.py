@@ -39,6 +39,7 @@ POLL_MS = 50
 HELLO_BYTES = 256              # a stream hello is far smaller
 HELLO_WAIT_S = 2.0             # an unbound stream is closed after this long
 MAX_UNBOUND_STREAMS = 64
+ACTIVE_S = 0.01                # a host that sent nothing for this long is idle (no polling for it)
 
 
 def is_loopback_endpoint(endpoint: str) -> bool:
@@ -70,6 +71,7 @@ class _Conn:
     window: ShmWindow | None = None
     token: str = ""                      # what this host presents to bind a local stream
     stream: "_Stream | None" = None      # when bound, every reply goes there
+    released: float = 0.0                # when a barrier last released it (it runs from then)
 
 
 class _Stream:
@@ -161,10 +163,14 @@ class PoolServer:
                 next_reap = now + POLL_MS / 1000
 
     def _spin(self, poller) -> list:
-        """Poll without sleeping for up to spin_s, if at most one core's worth of hosts is
-        running (attached and not parked in a barrier): the next request is likely due soon,
-        and polling leaves the rest of the cores to them."""
-        if not 0 < len(self._conns) - len(self._waiting) < self._cores:
+        """Poll without sleeping for up to spin_s, if fewer hosts than cores are active (sent a
+        request within ACTIVE_S and are not parked in a barrier): the next request is likely due
+        soon, and polling still leaves each of them a core."""
+        now = time.monotonic()
+        active = sum(1 for c in self._conns.values()
+                     if now - max(c.last_seen, c.released) < ACTIVE_S
+                     and c.host not in self._waiting)
+        if not 0 < active < self._cores:
             return []
         until = time.perf_counter() + self.spin_s
         while time.perf_counter() < until:
@@ -390,6 +396,7 @@ class PoolServer:
 
     def _complete_barrier(self) -> None:
         self._release(self.pool.try_complete())
+        self.pool.settle()
 
     def _release(self, releases: dict) -> None:
         """Answer the exchange of each host the pool releases (the others stay parked)."""
@@ -399,6 +406,7 @@ class PoolServer:
             self._released[host] = (handed_in, result)
             ident = self._by_host.get(host)
             if ident is not None:
+                self._conns[ident].released = time.monotonic()
                 self._send(ident, P.encode_reply(req_id, result), (), stream)
 
     # ------------------------------------------------------------------ commands
@@ -501,6 +509,7 @@ class PoolServer:
         releases = self.pool.exchange(host, quantum, ops, args.get("next_ns"))
         self._waiting[host] = (req_id, quantum, self._via)
         self._release(releases)
+        self.pool.settle()            # after the releases: folds while the released hosts run
         return None
 
 
