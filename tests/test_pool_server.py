@@ -1,8 +1,11 @@
 """Pool server and client over real loopback sockets: same answers as LocalPool, isolation,
-malformed frames, CURVE, non-loopback refusal, server restart."""
+malformed frames, CURVE, non-loopback refusal, server restart, early wake-up of parked hosts,
+and when the server polls instead of sleeping."""
+import io
 import os
 import subprocess
 import sys
+import time
 
 import msgpack
 import numpy as np
@@ -14,6 +17,7 @@ from cxlsim.pool import protocol as P
 from cxlsim.pool.api import PoolOp
 from cxlsim.pool.client import PoolClient
 from cxlsim.pool.local import LocalPool
+from cxlsim.pool.server import PoolServer, _Conn
 from pool_support import pool_server, stop
 
 MIB = 1 << 20
@@ -346,3 +350,21 @@ def test_a_block_over_the_frame_limit_is_refused_with_a_clear_error(clients):
                                         f"to {limit} B"):
         c.put(24, 5, b"x" * (limit + 1))
     assert c.transport == "stream" and c.lookup(24, [5]) == 0     # nothing sent, nothing broken
+
+
+def test_server_polls_only_while_a_core_is_left_for_each_active_host():
+    srv = PoolServer(LocalPool(MIB, extent_bytes=64 * 1024), "tcp://127.0.0.1:*", log=io.StringIO())
+    try:
+        srv._cores = 2
+        now = time.monotonic()
+        srv._conns = {b"a": _Conn(0, now), b"b": _Conn(1, now - 1.0)}
+        assert srv._should_spin()                  # host 0 active, host 1 idle for a second
+        srv._conns[b"b"].released = now            # a barrier just released host 1
+        assert not srv._should_spin()              # two active hosts on two cores
+        srv._waiting[1] = (7, 0, None)
+        assert srv._should_spin()                  # host 1 parked in a barrier again
+        srv._waiting[0] = (8, 0, None)
+        assert not srv._should_spin()              # nobody runs: sleep
+    finally:
+        srv._conns.clear()
+        srv.close()

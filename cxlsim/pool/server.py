@@ -162,15 +162,19 @@ class PoolServer:
                 self._reap()
                 next_reap = now + POLL_MS / 1000
 
-    def _spin(self, poller) -> list:
-        """Poll without sleeping for up to spin_s, if fewer hosts than cores are active (sent a
-        request within ACTIVE_S and are not parked in a barrier): the next request is likely due
-        soon, and polling still leaves each of them a core."""
+    def _should_spin(self) -> bool:
+        """Whether to poll for the next request: some but fewer hosts than cores are active
+        (sent a request or were released within ACTIVE_S, and are not parked in a barrier), so
+        a request is likely due soon and polling still leaves each of them a core."""
         now = time.monotonic()
         active = sum(1 for c in self._conns.values()
                      if now - max(c.last_seen, c.released) < ACTIVE_S
                      and c.host not in self._waiting)
-        if not 0 < active < self._cores:
+        return 0 < active < self._cores
+
+    def _spin(self, poller) -> list:
+        """Poll without sleeping for up to spin_s when _should_spin; the events, or []."""
+        if not self._should_spin():
             return []
         until = time.perf_counter() + self.spin_s
         while time.perf_counter() < until:
