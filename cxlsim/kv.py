@@ -16,6 +16,7 @@ silently. Built-in policies skip all of this: they run whole streams in C (acces
 from __future__ import annotations
 
 import array
+import operator
 from itertools import repeat
 
 import numpy as np
@@ -37,6 +38,17 @@ _GONE = (-1, 0)   # what _where.get returns for an absent key
 
 def _defining_class(cls: type, name: str) -> type:
     return next(c for c in cls.__mro__ if name in c.__dict__)
+
+
+def _first_non_u64(values):
+    for value in values:
+        try:
+            if 0 <= operator.index(value) < 1 << 64:
+                continue
+        except TypeError:
+            pass
+        return value
+    return None
 
 
 def _check_size(nbytes: int) -> None:
@@ -132,7 +144,11 @@ class KVStore:
         if not ops:
             return
         # through array.array: converting the list of ints is about 40% cheaper than np.array
-        flat = np.frombuffer(array.array("Q", ops), dtype=np.uint64)
+        try:
+            flat = np.frombuffer(array.array("Q", ops), dtype=np.uint64)
+        except (TypeError, OverflowError):
+            raise CxlsimError(f"block keys must be integers in 0..2**64-1, got "
+                              f"{_first_non_u64(ops[0::2])!r}") from None
         # clear in place: the hot loops hold self._ops.extend across policy calls, and a policy
         # may make us flush (view.info) in the middle of them
         ops.clear()

@@ -5,7 +5,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from cxlsim.errors import BlockExists, BlockNotFound, BlockPinned, ConfigError, TierFull
+from cxlsim.errors import (BlockExists, BlockNotFound, BlockPinned, ConfigError, CxlsimError,
+                           TierFull)
 from cxlsim.index import ORDERINGS, BlockIndex, TierSpec
 from cxlsim.kv import KVStore, PolicyError
 from cxlsim.policies import Policy, make_policy
@@ -301,6 +302,14 @@ def test_engine_rejects_bad_policy_decisions():
     store = KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=1)]), BadPlace())
     with pytest.raises(PolicyError, match="'bad-place': place returned tier 5; tiers are 0..0"):
         store.access(1, 1)
+
+
+def test_a_key_the_index_cannot_hold_is_named():
+    store = KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=4)]), make_policy("fifo"))
+    store.access(7, 1)
+    store.access(-3, 1)
+    with pytest.raises(CxlsimError, match="block keys must be integers in 0..2\\*\\*64-1, got -3"):
+        store.flush()
 
 
 def test_tier_spec_errors():

@@ -292,7 +292,8 @@ def test_due_names_the_hosts_a_hand_in_releases(rounds):
         if not running:
             break
         for i, h in enumerate(running):
-            predicted = p.due(h, nexts[h])
+            predicted = p.due(h, q, nexts[h])
+            assert p.due(h, q + 1, nexts[h]) == []         # a hand-in exchange would refuse
             released = p.exchange(h, q, [], nexts[h])
             if i < len(running) - 1:
                 assert predicted == [] and released == {}
@@ -302,3 +303,15 @@ def test_due_names_the_hosts_a_hand_in_releases(rounds):
         running = sorted(released)
         if any(math.isinf(d.run_until_ns) for d in released.values()):
             break
+
+
+def test_ops_that_tie_apply_in_hand_in_order():
+    """Ops sort by (t_ns, host, seq) only: a host that repeats a seq gets its ops applied in the
+    order it handed them in (a put, then the free of the same block), not by kind or key."""
+    p = pool()
+    p.attach(0, 0)
+    tied = [PoolOp(1.0, 0, 0, OP_PUT, 5, KIB, True), PoolOp(1.0, 0, 0, OP_FREE, 5, 0, True)]
+    delta = p.exchange_all(0, {0: tied})
+    assert delta.rejected == () and delta.added == () and p.lookup(0, [5]) == 0
+    again = p.exchange_all(1, {0: tied[::-1]})           # a free of nothing, then the put
+    assert len(again.rejected) == 1 and again.added == (5,)

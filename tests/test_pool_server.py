@@ -352,13 +352,15 @@ def test_a_block_over_the_frame_limit_is_refused_with_a_clear_error(clients):
     assert c.transport == "stream" and c.lookup(24, [5]) == 0     # nothing sent, nothing broken
 
 
-def test_server_polls_only_while_a_core_is_left_for_each_active_host():
+def test_server_polls_only_while_a_core_is_left_for_each_active_host(monkeypatch):
+    import cxlsim.pool.server as server_module
+    monkeypatch.setattr(server_module, "ACTIVE_S", 3600.0)   # "recent" whatever the machine does
     srv = PoolServer(LocalPool(MIB, extent_bytes=64 * 1024), "tcp://127.0.0.1:*", log=io.StringIO())
     try:
         srv._cores = 2
         now = time.monotonic()
-        srv._conns = {b"a": _Conn(0, now), b"b": _Conn(1, now - 1.0)}
-        assert srv._should_spin()                  # host 0 active, host 1 idle for a second
+        srv._conns = {b"a": _Conn(0, now), b"b": _Conn(1, now - 7200.0)}
+        assert srv._should_spin()                  # host 0 active, host 1 idle for two hours
         srv._conns[b"b"].released = now            # a barrier just released host 1
         assert not srv._should_spin()              # two active hosts on two cores
         srv._waiting[1] = (7, 0, None)

@@ -35,7 +35,8 @@ def add_parser(sub):
                    help="largest frame accepted (default 64 MiB)")
     s.add_argument("--spin-us", type=float, default=None,
                    help="after handling requests, poll this long for the next one before "
-                   "sleeping, while a core is free (default 1000; 0: always sleep)")
+                   "sleeping, while a core is free (default 1000; 0: always sleep; at most "
+                   "50000)")
     k = psub.add_parser("keygen", help="write a CURVE key pair: DIR/pool.secret and DIR/pool.public")
     k.add_argument("dir", help="directory for the key files (created)")
     return p
@@ -70,6 +71,7 @@ def _keygen(directory: str) -> int:
 def _serve(args) -> int:
     from ..pool.local import LocalPool
     from ..pool.server import run_server
+    from ..pool.stream import MAX_SPIN_US
     if args.capacity_bytes is not None:
         capacity = args.capacity_bytes
     else:
@@ -90,8 +92,8 @@ def _serve(args) -> int:
     def ready(line):
         print(line, flush=True)
     spin = {} if args.spin_us is None else {"spin_us": args.spin_us}
-    if args.spin_us is not None and not args.spin_us >= 0:
-        raise ConfigError(f"--spin-us must be >= 0, got {args.spin_us}")
+    if args.spin_us is not None and not 0 <= args.spin_us <= MAX_SPIN_US:
+        raise ConfigError(f"--spin-us must be 0..{MAX_SPIN_US}, got {args.spin_us}")
     return run_server(pool, args.bind, ready=ready, heartbeat_timeout_s=args.heartbeat_timeout_s,
                       curve_secret_key=secret, insecure=args.insecure,
                       max_frame_bytes=args.max_frame_bytes, log=sys.stderr, **spin)

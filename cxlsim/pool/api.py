@@ -47,10 +47,9 @@ OP_KINDS = (OP_PUT, OP_TOUCH, OP_FREE)
 
 
 class PoolOp(NamedTuple):
-    """One buffered pool operation. Application order is (t_ns, host, seq), which is unique per
-    op (a host numbers its ops), so plain tuple order sorts them. A tuple, not a dataclass: a
-    replay makes one per block that moves to or is read from the pool, and builds and sorts
-    them several times faster this way."""
+    """One buffered pool operation. Application order is (t_ns, host, seq) (LocalPool sorts by
+    those three fields only). A named tuple, not a dataclass: a replay makes one per block that
+    moves to or is read from the pool, and builds them several times faster this way."""
     t_ns: float
     host: int
     seq: int

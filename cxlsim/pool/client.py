@@ -28,8 +28,8 @@ from . import protocol as P
 from .api import PoolDelta, PoolOp
 from .local import as_bytes
 from .shm import DEFAULT_WINDOW_BYTES, ShmWindow
-from .stream import (CLIENT_SPIN_US, MessageReader, recv_message, send_message, tune,
-                     wait_in_kernel)
+from .stream import (CLIENT_SPIN_US, MessageReader, recv_message, send_message, spin_budget_s,
+                     tune, wait_in_kernel)
 
 
 def _buffer(data):
@@ -54,7 +54,7 @@ class PoolClient:
         self.timeout_s = float(timeout_s)
         self.heartbeat_s = heartbeat_s
         # poll this long for a reply before sleeping (local stream only; stream.py: Waiting)
-        self.spin_s = max(0.0, spin_us) * 1e-6
+        self.spin_s = spin_budget_s(spin_us, "spin_us")
         self._server_key = server_public_key
         self._identity = b"cxlsim-host-" + os.urandom(12)
         self._ctx = zmq.Context()

@@ -25,6 +25,7 @@ Semantics (the contract's details; docs/protocol.md repeats them for the wire):
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -37,6 +38,8 @@ MAX_HOSTS = 64
 MAX_BLOCK_BYTES = (1 << 32) - 1       # the C index keeps block sizes in 32 bits
 KEY_MAX = (1 << 64) - 1
 DEFAULT_EXTENT_BYTES = 256 << 20
+# ops apply in (t_ns, host, seq) order; equal keys (a host repeating a seq) keep hand-in order
+_APPLY_ORDER = operator.itemgetter(0, 1, 2)
 
 
 @dataclass
@@ -486,7 +489,7 @@ class LocalPool:
                 if op.host != host:
                     raise PoolError(f"an op of host {op.host} was handed in by host {host}")
             ops.extend(host_ops)
-        ops.sort()                        # (t_ns, host, seq): never the order of arrival
+        ops.sort(key=_APPLY_ORDER)        # (t_ns, host, seq): never the order of arrival
         rejected = []
         for op in ops:
             try:
@@ -597,10 +600,14 @@ class LocalPool:
                 owed.add(delta)
         self._unfolded.clear()
 
-    def due(self, host: int, next_ns: float | None) -> list[int]:
-        """The hosts the barrier would release if `host` handed it in now with next_ns: empty
-        while other hosts still have to hand in. Changes nothing; the server uses it to tell a
-        parked host its release is coming before it applies the barrier's ops."""
+    def due(self, host: int, quantum: int, next_ns: float | None) -> list[int]:
+        """The hosts the barrier would release if `host` handed in `quantum` now with next_ns:
+        empty while other hosts still have to hand in, or if exchange would refuse this hand-in.
+        Changes nothing; the server uses it to tell a waiting host its release is coming before
+        it applies the barrier's ops."""
+        if (host not in self._hosts or quantum != self.quantum or host in self._pending
+                or host in self._held):
+            return []
         waiting = {*self._pending, *self._held, host}
         if any(h not in waiting for h in self._hosts):
             return []

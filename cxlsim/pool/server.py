@@ -33,7 +33,7 @@ from . import protocol as P
 from .api import PoolOp
 from .local import LocalPool
 from .shm import ShmWindow
-from .stream import SERVER_SPIN_US, MessageReader, send_message, tune
+from .stream import SERVER_SPIN_US, MessageReader, send_message, spin_budget_s, tune
 
 POLL_MS = 50
 HELLO_BYTES = 256              # a stream hello is far smaller
@@ -101,8 +101,8 @@ class PoolServer:
         self.log = log
         # after handling requests, poll this long before sleeping, while a core is left for a
         # running host (stream.py: Waiting)
-        self.spin_s = max(0.0, spin_us) * 1e-6
-        self._cores = os.cpu_count() or 1
+        self.spin_s = spin_budget_s(spin_us, "spin_us")
+        self._cores = len(os.sched_getaffinity(0))     # the cores this process may run on
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.linger = 0
@@ -177,7 +177,7 @@ class PoolServer:
         if not self._should_spin():
             return []
         until = time.perf_counter() + self.spin_s
-        while time.perf_counter() < until:
+        while time.perf_counter() < until and not self._stop:
             events = poller.poll(0)
             if events:
                 return events
@@ -293,7 +293,7 @@ class PoolServer:
             try:
                 send_message(stream.sock, [header, *frames], self.heartbeat_timeout_s)
                 return
-            except OSError as exc:     # gone, or stopped reading for a heartbeat timeout
+            except (OSError, ValueError) as exc:   # gone, stopped reading, or broken
                 print(f"cxlsim pool: local stream closed ({exc}); replying over ZeroMQ",
                       file=self.log)
                 self._close_stream(stream)
@@ -506,7 +506,7 @@ class PoolServer:
             return last[1], ()        # a retry whose release was lost on the way: send it again
         t_ns, seq, kind, key, nbytes, shared = args["ops"]
         ops = list(map(PoolOp, t_ns, [host] * len(t_ns), seq, kind, key, nbytes, shared))
-        for parked in self.pool.due(host, args.get("next_ns")):
+        for parked in self.pool.due(host, quantum, args.get("next_ns")):
             if parked != host and parked in self._waiting:   # wake it while the ops are applied
                 _, its_quantum, stream = self._waiting[parked]
                 self._send(self._by_host[parked], P.encode_soon_notice(its_quantum), (), stream)

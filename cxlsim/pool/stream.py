@@ -22,6 +22,7 @@ told it its release is coming (a `soon` notice, docs/protocol.md). Past the budg
 """
 from __future__ import annotations
 
+import math
 import select
 import socket
 import struct
@@ -40,6 +41,7 @@ KEEP_BODY_BYTES = 64 << 20          # a larger body buffer is not kept for the n
 WAIT_SLICE_S = 0.1                  # a waiting client checks its deadline this often
 CLIENT_SPIN_US = 300                # a client polls this long for a reply before it sleeps
 SERVER_SPIN_US = 1000               # the server polls this long for the next request
+MAX_SPIN_US = 50_000                # the most either may be asked to poll (then it sleeps)
 
 
 def tune(sock: socket.socket) -> None:
@@ -56,6 +58,13 @@ def message_prefix(frames) -> bytes:
     lengths = [len(memoryview(f).cast("B")) if not isinstance(f, bytes) else len(f)
                for f in frames]
     return struct.pack(f"<{len(lengths) + 1}I", len(lengths), *lengths)
+
+
+def spin_budget_s(spin_us: float, what: str) -> float:
+    """A polling budget in seconds, checked: finite, 0..MAX_SPIN_US."""
+    if not 0 <= spin_us <= MAX_SPIN_US:          # (False for NaN too)
+        raise PoolError(f"{what} must be 0..{MAX_SPIN_US} us, got {spin_us}")
+    return spin_us * 1e-6
 
 
 def wait_in_kernel(sock: socket.socket) -> None:
@@ -84,7 +93,7 @@ def send_message(sock: socket.socket, frames, timeout_s: float) -> None:
         except BlockingIOError:
             now = time.monotonic()
             deadline = deadline or now + timeout_s
-            if now >= deadline or not select.select([], [sock], [], deadline - now)[1]:
+            if now >= deadline or not _writable(sock, deadline - now):
                 raise socket.timeout(f"the peer read too little of a message within "
                                      f"{timeout_s:g} s") from None
             continue
@@ -93,6 +102,13 @@ def send_message(sock: socket.socket, frames, timeout_s: float) -> None:
             parts.pop(0)
         if parts and sent:
             parts[0] = parts[0][sent:]
+
+
+def _writable(sock: socket.socket, timeout_s: float) -> bool:
+    """Wait until sock takes more bytes (poll, not select: select refuses descriptors >= 1024)."""
+    waiter = select.poll()
+    waiter.register(sock, select.POLLOUT)
+    return bool(waiter.poll(max(1, math.ceil(timeout_s * 1000))))
 
 
 class MessageReader:
