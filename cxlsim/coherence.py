@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from . import _core
 from ._core import ffi, lib
+from .errors import ConfigError
 from .fabric import Fabric
 
 #: assumed device-side handling of one back-invalidation / snoop (no public measurement exists)
@@ -37,8 +38,13 @@ class Coherence:
     def __init__(self, fabric: Fabric, memory: str, hosts: list[str] | None = None,
                  bi_handling_ns: float = DEFAULT_BI_HANDLING_NS):
         self.hosts = list(hosts or [h.name for h in fabric.topology.hosts])
-        device = fabric.topology.interleave(memory).members[0] if memory in {
-            i.name for i in fabric.topology.interleaves} else memory
+        topo = fabric.topology
+        sets = {i.name for i in topo.interleaves}
+        if memory not in sets and memory not in {m.name for m in topo.memories}:
+            known = [*sorted(sets), *(m.name for m in topo.memories)]
+            raise ConfigError(f"{topo.origin}: no memory or interleave set named {memory!r} "
+                              f"(known: {', '.join(known)})")
+        device = topo.interleave(memory).members[0] if memory in sets else memory
         bi, snoop = [], []
         for host in self.hosts:
             round_trip = fabric.path_latency_ns(device, host)

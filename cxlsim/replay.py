@@ -152,6 +152,8 @@ def read_trace(cfg: ReplayConfig) -> dict:
         kw["prefix_model"] = cfg.prefix_model
     if not Path(cfg.trace).exists():
         raise ConfigError(f"{cfg.trace}: no such trace file")
+    if Path(cfg.trace).is_dir():
+        raise ConfigError(f"{cfg.trace}: is a directory, not a trace file")
     reqs = open_trace(cfg.trace, fmt, **kw)
     if cfg.max_requests:
         from itertools import islice
@@ -238,11 +240,12 @@ class ReplayResult:
 
 
 def run_replay(cfg: ReplayConfig, progress: bool = False, trace: dict | None = None,
-               closed_form: bool = True, pool_client=None, host_id: int | None = None
-               ) -> ReplayResult:
+               closed_form: bool = True, pool_client=None, host_id: int | None = None,
+               wait_for_hosts=None) -> ReplayResult:
     """One replay. With several hosts they share the CXL pool through the quantum barrier:
     all of them in this process, or only `host_id` when `pool_client` (a PoolClient attached as
-    that host) reaches a pool server that the other hosts' processes use too."""
+    that host) reaches a pool server that the other hosts' processes use too. `wait_for_hosts`
+    is called once the server is known to fit this replay, before the first barrier."""
     validate(cfg)
     wall0 = time.perf_counter()
     model, accel = load_model(cfg.model), load_accelerator(cfg.accel)
@@ -258,7 +261,7 @@ def run_replay(cfg: ReplayConfig, progress: bool = False, trace: dict | None = N
         trace = read_trace(cfg)
     if cfg.hosts > 1 or pool_client is not None:
         return _run_pooled(cfg, dep, sched, topo, trace, wall0, progress, closed_form,
-                           pool_client, host_id)
+                           pool_client, host_id, wait_for_hosts)
     host = topo.hosts[0].name
     topo = attach_hbm(topo, [host], dep)
     fabric = Fabric(topo)
@@ -349,7 +352,8 @@ def _run_alone(server: ServingHost, side: PoolSide, until: float, horizon: float
         done = k + 1
 
 
-def _run_pooled(cfg, dep, sched, topo, trace, wall0, progress, closed_form, client, only):
+def _run_pooled(cfg, dep, sched, topo, trace, wall0, progress, closed_form, client, only,
+                wait_for_hosts=None):
     """Several hosts, each with HBM and DRAM of its own, sharing the CXL pool."""
     if cfg.hosts > len(topo.hosts):
         raise ConfigError(f"{topo.origin}: hosts = {cfg.hosts} but the topology has "
@@ -407,6 +411,8 @@ def _run_pooled(cfg, dep, sched, topo, trace, wall0, progress, closed_form, clie
 
         def exchange(seq, ops, nexts):
             return client.exchange(only, seq, ops[only], nexts[only])
+        if wait_for_hosts is not None:
+            wait_for_hosts()
     bar = _progress(int(sum(np.isin(owner, list(mine)))), cfg, progress)
     if bar is not None:
         for server in servers:

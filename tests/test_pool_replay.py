@@ -125,3 +125,53 @@ def test_a_host_refuses_a_server_whose_pool_differs(tmp_path):
                              capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 2
     assert f"holds {2 << 30} B, this replay's pool" in out.stderr and "--capacity-bytes" in out.stderr
+
+
+def test_a_host_refuses_a_wrong_pool_before_waiting_for_the_others(tmp_path):
+    """The size check comes before the wait for the other hosts: one host of four against a
+    server of the wrong size says so at once, not after the attach timeout."""
+    with pool_server(capacity_bytes=2 << 30, extent_mib=1) as (ep, proc, log):
+        out = subprocess.run([sys.executable, "-m", "cxlsim", "replay", str(TRACE), *COMMON,
+                              "--pool", ep, "--host-id", "0", "--pool-timeout-s", "120",
+                              "--out", str(tmp_path / "h0")],
+                             capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 2 and f"holds {2 << 30} B" in out.stderr
+
+
+def test_a_host_whose_server_dies_says_so_at_once(tmp_path):
+    """Killed mid-wait, the server's stream closes: the host reports that, within seconds, not
+    a timeout of a `detach` sent to a server that is gone."""
+    with pool_server(capacity_bytes=1 << 30, extent_mib=1) as (ep, proc, log):
+        host = subprocess.Popen([sys.executable, "-m", "cxlsim", "replay", str(TRACE), *COMMON,
+                                 "--pool", ep, "--host-id", "0", "--pool-timeout-s", "100",
+                                 "--out", str(tmp_path / "h0")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=ROOT)
+        try:
+            line = host.stderr.readline()               # it waits for the three other hosts
+            assert "waits for 3 more host(s)" in line, line
+            proc.kill()
+            _, err = host.communicate(timeout=30)
+        finally:
+            host.kill()
+    assert host.returncode == 2
+    # closed while it read, or broken while it sent its next heartbeat: either way it says so
+    assert "local stream" in err and "restarted" in err and "down" in err, err
+    assert "detach" not in err
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--pool", "tcp://127.0.0.1:5701", "--host-id", "4"], "--host-id H in 0..3"),
+    (["--pool", "foo", "--host-id", "0"], "'foo' is not a pool endpoint"),
+    (["--pool", "tcp://127.0.0.1:70000", "--host-id", "0"], "port must be 1..65535"),
+    (["--pool", "tcp://127.0.0.1:5701", "--host-id", "0", "--pool-timeout-s", "0"],
+     "--pool-timeout-s must be > 0"),
+])
+def test_bad_pool_arguments_are_named(args, says):
+    out = cxlsim("replay", TRACE, *COMMON, *args, timeout=60)
+    assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_trace_that_is_a_directory_is_named(tmp_path):
+    out = cxlsim("replay", tmp_path, "--no-plots", timeout=60)
+    assert out.returncode == 2 and "is a directory, not a trace file" in out.stderr

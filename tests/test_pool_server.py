@@ -370,3 +370,31 @@ def test_server_polls_only_while_a_core_is_left_for_each_active_host(monkeypatch
     finally:
         srv._conns.clear()
         srv.close()
+
+
+@pytest.mark.parametrize("bind, says", [
+    ("5702", "'5702' is not a pool endpoint"),
+    ("udp://127.0.0.1:5702", "is not a pool endpoint"),
+    ("tcp://127.0.0.1:99999", "port must be 1..65535 or *"),
+    ("ipc:///nonexistent-cxlsim-dir/pool.sock", "cannot bind ipc:///nonexistent-cxlsim-dir"),
+])
+def test_bad_binds_are_named(bind, says):
+    out = subprocess.run([sys.executable, "-m", "cxlsim", "pool", "serve", "--bind", bind],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_a_port_in_use_is_named(server):
+    out = subprocess.run([sys.executable, "-m", "cxlsim", "pool", "serve", "--bind", server],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and f"cannot bind {server}" in out.stderr, out.stderr
+
+
+def test_detach_removes_the_clients_window(server):
+    c = PoolClient(server, 0, timeout_s=5.0, use_shm=True)
+    c.attach(0, 0)
+    path = c.window.path
+    assert os.path.exists(path)
+    c.detach(0)
+    assert not os.path.exists(path)
+    c.close()

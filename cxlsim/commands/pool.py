@@ -75,7 +75,10 @@ def _serve(args) -> int:
     if args.capacity_bytes is not None:
         capacity = args.capacity_bytes
     else:
-        capacity = int((args.capacity_gib if args.capacity_gib is not None else 4.0) * (1 << 30))
+        gib = args.capacity_gib if args.capacity_gib is not None else 4.0
+        if not 0 < gib < 1 << 34:                # (False for NaN and inf too)
+            raise ConfigError(f"--capacity-gib must be a positive number, got {gib}")
+        capacity = int(gib * (1 << 30))
     fabric = None
     if args.topology or args.memory:
         if not (args.topology and args.memory):

@@ -80,6 +80,9 @@ def add_parser(sub):
                    help="with --pool: the server's CURVE public key file, if it uses CURVE")
     p.add_argument("--pool-timeout-s", type=float, default=60.0,
                    help="with --pool: seconds to wait for any pool reply (default 60)")
+    p.add_argument("--pool-spin-us", type=float, default=None,
+                   help="with --pool: poll this long for a reply before sleeping (default 300; "
+                        "0: always sleep; docs/multihost.md)")
     return p
 
 
@@ -101,23 +104,37 @@ def _ms(v) -> str:
 
 def _run_remote_host(cfg, args):
     """This process runs host --host-id; the pool server coordinates it with the others."""
+    from ..errors import PoolError
     from ..pool.client import PoolClient
-    if args.host_id is None:
-        raise ConfigError("--pool needs --host-id H (0..hosts-1)")
+    if args.host_id is None or not 0 <= args.host_id < cfg.hosts:
+        raise ConfigError(f"--pool needs --host-id H in 0..{cfg.hosts - 1} (--hosts {cfg.hosts}), "
+                          f"got {args.host_id}")
+    if not 0 < args.pool_timeout_s < float("inf"):
+        raise ConfigError(f"--pool-timeout-s must be > 0, got {args.pool_timeout_s}")
     key = None
     if args.server_key:
         from .pool import read_key
         key = read_key(args.server_key)
+    spin = {} if args.pool_spin_us is None else {"spin_us": args.pool_spin_us}
     client = PoolClient(args.pool, args.host_id, timeout_s=args.pool_timeout_s,
-                        server_public_key=key)
+                        server_public_key=key, **spin)
     try:
         client.attach(args.host_id, 0)
         try:
-            _wait_for_hosts(client, cfg.hosts, args.pool_timeout_s)
-            return run_replay(cfg, progress=not args.no_progress, pool_client=client,
-                              host_id=args.host_id)
-        finally:
-            client.detach(args.host_id)
+            result = run_replay(cfg, progress=not args.no_progress, pool_client=client,
+                                host_id=args.host_id,
+                                wait_for_hosts=lambda: _wait_for_hosts(client, cfg.hosts,
+                                                                       args.pool_timeout_s))
+        except PoolError:
+            raise                    # the server is gone or refused us: it reaps us if it lives
+        except BaseException:
+            try:                     # leave the pool if it still answers; report the first error
+                client.detach(args.host_id)
+            except PoolError:
+                pass
+            raise
+        client.detach(args.host_id)
+        return result
     finally:
         client.close()
 

@@ -26,6 +26,7 @@ import zmq
 from ..errors import PoolError, ProtocolError
 from . import protocol as P
 from .api import PoolDelta, PoolOp
+from .endpoint import check_endpoint, is_loopback_endpoint
 from .local import as_bytes
 from .shm import DEFAULT_WINDOW_BYTES, ShmWindow
 from .stream import (CLIENT_SPIN_US, MessageReader, recv_message, send_message, spin_budget_s,
@@ -49,6 +50,9 @@ class PoolClient:
                  server_public_key: bytes | None = None, use_shm: bool | str = "auto",
                  shm_bytes: int = DEFAULT_WINDOW_BYTES, heartbeat_s: float = 1.0,
                  use_stream: bool = True, spin_us: float = CLIENT_SPIN_US):
+        check_endpoint(endpoint, binding=False)
+        if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < math.inf):
+            raise PoolError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
         self.endpoint = endpoint
         self.host_id = host_id
         self.timeout_s = float(timeout_s)
@@ -67,7 +71,7 @@ class PoolClient:
         self.window = None
         if use_shm == "auto":
             # shared memory only helps (and only works) on the server's machine
-            use_shm = endpoint.startswith("ipc://") or P_is_local(endpoint)
+            use_shm = is_loopback_endpoint(endpoint)
         self._want_shm = bool(use_shm)
         self._shm_bytes = shm_bytes
         info = self._call("sync", {})
@@ -244,6 +248,9 @@ class PoolClient:
         self._me(host)
         self._call("detach", {})
         self._drop_stream()          # the server closed its end with the reply
+        if self.window is not None:  # the server has let go of it: remove it now, not at close
+            self.window.close()
+            self.window = None
 
     def heartbeat(self, host: int) -> None:
         self._me(host)
@@ -418,8 +425,3 @@ def delta_from_wire(d: dict) -> PoolDelta:
                      float("inf") if d.get("next_ns") is None else float(d["next_ns"]),
                      float("inf") if d.get("run_until_ns") is None else float(d["run_until_ns"]),
                      float("inf") if d.get("horizon_ns") is None else float(d["horizon_ns"]))
-
-
-def P_is_local(endpoint: str) -> bool:
-    from .server import is_loopback_endpoint
-    return is_loopback_endpoint(endpoint)

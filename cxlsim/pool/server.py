@@ -14,7 +14,6 @@ without it.
 """
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import secrets
@@ -31,6 +30,7 @@ import zmq
 from ..errors import PoolError, ProtocolError
 from . import protocol as P
 from .api import PoolOp
+from .endpoint import check_endpoint, is_loopback_endpoint
 from .local import LocalPool
 from .shm import ShmWindow
 from .stream import SERVER_SPIN_US, MessageReader, send_message, spin_budget_s, tune
@@ -42,22 +42,8 @@ MAX_UNBOUND_STREAMS = 64
 ACTIVE_S = 0.01                # a host that sent nothing for this long is idle (no polling for it)
 
 
-def is_loopback_endpoint(endpoint: str) -> bool:
-    """ipc:// and inproc:// stay on this machine; tcp:// must name a loopback address."""
-    if endpoint.startswith(("ipc://", "inproc://")):
-        return True
-    if not endpoint.startswith("tcp://"):
-        return False
-    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:          # '*', interface names, host names: not provably loopback
-        return False
-
-
 def check_bind(endpoint: str, curve: bool, insecure: bool) -> None:
+    check_endpoint(endpoint, binding=True)
     if not is_loopback_endpoint(endpoint) and not curve and not insecure:
         raise PoolError(f"refusing to bind {endpoint}: not a loopback address. Give CurveZMQ "
                         f"keys (--curve-secret-key, see `cxlsim pool keygen`) or pass --insecure "
@@ -114,7 +100,12 @@ class PoolServer:
             self.sock.curve_secretkey = curve_secret_key
             self.sock.curve_publickey = zmq.curve_public(curve_secret_key)
             self.sock.curve_server = True
-        self.sock.bind(bind)
+        try:
+            self.sock.bind(bind)
+        except zmq.ZMQError as exc:            # in use, a missing directory, no such address
+            self.sock.close(0)
+            self.ctx.term()
+            raise PoolError(f"cannot bind {bind}: {exc}") from None
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._conns: dict[bytes, _Conn] = {}     # identity -> attached host
         self._by_host: dict[int, bytes] = {}

@@ -17,6 +17,7 @@ import re
 import secrets
 import stat
 import tempfile
+import weakref
 
 from ..errors import PoolError
 
@@ -24,6 +25,15 @@ PREFIX = "cxlsim-pool-"
 NAME_RE = re.compile(r"cxlsim-pool-[0-9a-f]{32}\Z")
 DEFAULT_WINDOW_BYTES = 64 << 20
 MAX_WINDOW_BYTES = 1 << 34
+
+
+def _unlink_quietly(path: str, creator_pid: int) -> None:
+    if os.getpid() != creator_pid:      # a forked child exiting: the window is its parent's
+        return
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def shm_dir() -> str:
@@ -55,7 +65,10 @@ class ShmWindow:
             os.close(fd)
             os.unlink(os.path.join(shm_dir(), name))
             raise
-        return cls(name, fd, size, owner=True)
+        window = cls(name, fd, size, owner=True)
+        # a host that never closes its client still removes its window when it exits normally
+        window._cleanup = weakref.finalize(window, _unlink_quietly, window.path, os.getpid())
+        return window
 
     @classmethod
     def open(cls, name: str, max_size: int = MAX_WINDOW_BYTES) -> "ShmWindow":

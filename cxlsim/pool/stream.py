@@ -62,7 +62,7 @@ def message_prefix(frames) -> bytes:
 
 def spin_budget_s(spin_us: float, what: str) -> float:
     """A polling budget in seconds, checked: finite, 0..MAX_SPIN_US."""
-    if not 0 <= spin_us <= MAX_SPIN_US:          # (False for NaN too)
+    if not (isinstance(spin_us, (int, float)) and 0 <= spin_us <= MAX_SPIN_US):   # NaN too
         raise PoolError(f"{what} must be 0..{MAX_SPIN_US} us, got {spin_us}")
     return spin_us * 1e-6
 
@@ -215,8 +215,8 @@ def recv_message(reader: MessageReader, deadline: float, pending: list, spin_s: 
         except (BlockingIOError, socket.timeout):
             continue                            # nothing yet, or a slice passed
         except (OSError, EOFError) as exc:
-            raise PoolError(f"pool server closed the local stream ({exc or 'end of stream'}): "
-                            f"restarted or down") from None
+            raise PoolError(f"pool server closed the local stream ({str(exc) or 'end of stream'}"
+                            f"): restarted or down") from None
         except ProtocolError as exc:
             raise PoolError(f"pool server sent a bad stream message: {exc}") from None
     return pending.pop(0)
