@@ -25,7 +25,7 @@ def add_config_args(p, trace_optional: bool = True) -> None:
     p.add_argument("--model", "-m", help=f"model preset or FILE.toml[:NAME] ({', '.join(known_models())})")
     p.add_argument("--accel", "-a", help=f"accelerator preset or FILE.toml[:NAME] ({', '.join(known_accelerators())})")
     p.add_argument("--topology", "-t", help="topology preset or TOML path (default kv-tiered)")
-    p.add_argument("--tp", type=int, help="accelerators per host (default: weights take <= half the usable HBM)")
+    p.add_argument("--tp", type=int, help="accelerators per host (default or 0: weights take <= half the usable HBM)")
     p.add_argument("--dram-gib", type=float, help="KV capacity in host DRAM, GiB (default: the whole memory; 0: no DRAM tier)")
     p.add_argument("--cxl-gib", type=float, help="KV capacity in the CXL pool, GiB (default: all its devices; 0: no CXL tier)")
     p.add_argument("--hosts", type=int, help="serving hosts (multi-host shares the CXL pool)")
@@ -41,7 +41,7 @@ def add_config_args(p, trace_optional: bool = True) -> None:
     p.add_argument("--format", help="trace format: auto, mooncake, azure, token_ids")
     p.add_argument("--block-tokens", type=int, help="tokens per KV block (token-id traces; Mooncake is 512)")
     p.add_argument("--prefix-model", help="Azure traces: none or shared-system-prompt:N")
-    p.add_argument("--max-requests", type=int, help="replay only the first N requests")
+    p.add_argument("--max-requests", type=int, help="replay only the first N requests (0: all)")
     p.add_argument("--time-scale", type=float,
                    help="multiply arrival times (2 = half the request rate; default 1)")
     p.add_argument("--sample-ms", type=float, help="tier-occupancy sampling period (plots)")
