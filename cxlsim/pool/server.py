@@ -217,7 +217,7 @@ class PoolServer:
         if sum(1 for st in self._streams.values() if st.ident is None) >= MAX_UNBOUND_STREAMS:
             sock.close()
             return
-        sock.setblocking(True)     # reads pass MSG_DONTWAIT; sends wait with select (stream.py)
+        sock.setblocking(True)     # reads pass MSG_DONTWAIT; sends wait with poll (stream.py)
         tune(sock)
         self._streams[sock.fileno()] = _Stream(sock)
         self._poller.register(sock, zmq.POLLIN)

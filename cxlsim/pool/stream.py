@@ -12,11 +12,11 @@ preceded by a little-endian u32 frame count and one u32 length per frame. The so
 directory only the server's user can enter, and a stream is served only after a valid token.
 
 Waiting. A process that sleeps until a message arrives is back about 90 us after it, on this
-project's 2-core VMs, once it slept longer than a few hundred microseconds (the virtual CPU
-halts); a process polling without sleeping sees it within about 10 us (docs/performance.md).
+project's 2-core VMs, once it slept longer than a few hundred microseconds (likely the virtual
+CPU halting); a process polling without sleeping sees it within about 10 us (docs/performance.md).
 A replay barrier pays that twice (host to server, server to host), so both ends poll for a
 bounded time where a message is due soon and a core is free for it: the server after handling
-requests while at most one host is running (`PoolServer(spin_us=...)`, `--spin-us`), a client
+requests while fewer hosts than cores are active (`PoolServer(spin_us=...)`, `--spin-us`), a client
 for the reply to each request (`PoolClient(spin_us=...)`), and a parked host once the server
 told it its release is coming (a `soon` notice, docs/protocol.md). Past the budget they sleep.
 """
@@ -79,7 +79,7 @@ def wait_in_kernel(sock: socket.socket) -> None:
 
 def send_message(sock: socket.socket, frames, timeout_s: float) -> None:
     """Write one message within timeout_s in all (socket.timeout if the peer does not read).
-    Sends never block: a full socket buffer is waited out with select, so the socket's own
+    Sends never block: a full socket buffer is waited out with poll, so the socket's own
     blocking mode (the server's never-blocking reads, a client's recv timeout) is left alone."""
     if len(frames) == 1 and isinstance(frames[0], bytes) and len(frames[0]) < READ_BYTES:
         parts = [memoryview(_ONE_FRAME.pack(1, len(frames[0])) + frames[0])]   # most messages
