@@ -145,8 +145,8 @@ KEYS = list_of(KEY)
 SIZE = integer(1, MAX_BLOCK_BYTES)
 OFFSET = integer(0, 1 << 48)
 OP_KIND = string(8)
-OP_COLUMNS = ("t_ns", "seq", "kind", "key", "nbytes", "shared")
-#: a quantum's ops as the columns OP_COLUMNS (row i is one op), checked a column at a time
+#: a quantum's ops as columns t_ns, seq, kind, key, nbytes, shared (row i is one op), checked a
+#: column at a time
 OPS = columns(MAX_OPS, finite, integer(0, 1 << 62), OP_KIND, KEY, integer(0, MAX_BLOCK_BYTES),
               boolean)
 
@@ -222,8 +222,8 @@ def decode_request(frames: list, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
 
 _HEADER_FIELDS = frozenset({"v", "id", "cmd", "args"})
 # per command: its fields, and (field, checker, the name an error gives it), made once
-_SPECS = {cmd: (frozenset(schema), tuple((f, c, f"{cmd}.{f}") for f, c in schema.items()), rule)
-          for cmd, (schema, rule) in COMMANDS.items()}
+_SPECS = {cmd: (frozenset(schema), tuple((f, c, f"{cmd}.{f}") for f, c in schema.items()),
+                rule) for cmd, (schema, rule) in COMMANDS.items()}
 
 
 def _check_request(header: dict, req_id: int, data: list):
