@@ -246,7 +246,7 @@ def test_server_restart_gives_a_clear_error(tmp_path):
             stop(proc)
             # over the local stream the client sees the socket close at once; over ZeroMQ the
             # request times out: either way the message says what happened
-            with pytest.raises(PoolError, match="restarted(,| or) (down|unreachable)"):
+            with pytest.raises(PoolError, match="restarted(, is| or) (down|unreachable)"):
                 c.get(0, 1)
             port_ep = endpoint
             with pool_server(bind=port_ep) as (endpoint2, proc2, log2):
@@ -398,3 +398,23 @@ def test_detach_removes_the_clients_window(server):
     c.detach(0)
     assert not os.path.exists(path)
     c.close()
+
+
+def test_an_idle_client_stays_attached_unless_keepalive_is_off():
+    """A host that computes for longer than the heartbeat timeout between requests is not taken
+    for dead: the client heartbeats on its own while idle. Without that, the server detaches it
+    and frees its private blocks."""
+    with pool_server(heartbeat_s=1.0) as (ep, proc, log):
+        kept = PoolClient(ep, 0, timeout_s=5.0, use_shm=False)
+        bare = PoolClient(ep, 1, timeout_s=5.0, use_shm=False, keepalive=False)
+        try:
+            for h, c in ((0, kept), (1, bare)):
+                c.attach(h, 1 << 20)
+                c.put(h, 10 + h, b"private", shared=False)
+            time.sleep(3.0)                      # three heartbeat timeouts without a request
+            assert kept.get(0, 10) == b"private"
+            with pytest.raises(PoolError, match="detached this host after a heartbeat timeout"):
+                bare.get(1, 11)                  # its stream was closed when it was detached
+        finally:
+            kept.close()
+            bare.close()

@@ -11,13 +11,16 @@ PoolError saying the server restarted or is down.
 
 `exchange` may legitimately wait for slower hosts (or stay parked while others have work):
 while waiting it sends heartbeats, and each answer (which lists the hosts that have handed in)
-restarts the deadline; only a silent server ends the wait.
+restarts the deadline; only a silent server ends the wait. Between requests, a background thread
+heartbeats for an idle host (`keepalive=True`), so a host may compute for as long as it likes.
+Requests are serialised by a lock, so a client may also be shared between threads.
 """
 from __future__ import annotations
 
 import os
 import math
 import socket
+import threading
 import time
 
 import numpy as np
@@ -29,8 +32,8 @@ from .api import PoolDelta, PoolOp
 from .endpoint import check_endpoint, is_loopback_endpoint
 from .local import as_bytes
 from .shm import DEFAULT_WINDOW_BYTES, ShmWindow
-from .stream import (CLIENT_SPIN_US, MessageReader, recv_message, send_message, spin_budget_s,
-                     tune, wait_in_kernel)
+from .stream import (CLIENT_SPIN_US, STREAM_GONE, MessageReader, recv_message, send_message,
+                     spin_budget_s, tune, wait_in_kernel)
 
 
 def _buffer(data):
@@ -49,7 +52,8 @@ class PoolClient:
     def __init__(self, endpoint: str, host_id: int, timeout_s: float = 5.0,
                  server_public_key: bytes | None = None, use_shm: bool | str = "auto",
                  shm_bytes: int = DEFAULT_WINDOW_BYTES, heartbeat_s: float = 1.0,
-                 use_stream: bool = True, spin_us: float = CLIENT_SPIN_US):
+                 use_stream: bool = True, spin_us: float = CLIENT_SPIN_US,
+                 keepalive: bool = True):
         check_endpoint(endpoint, binding=False)
         if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < math.inf):
             raise PoolError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
@@ -67,6 +71,10 @@ class PoolClient:
         self._want_stream = use_stream
         self._seq = 0
         self._horizon_ns = math.inf        # earliest next event of the other hosts, last we heard
+        self._lock = threading.RLock()      # one request at a time, the keep-alive thread's too
+        self._last_request = time.monotonic()
+        self._keepalive = keepalive
+        self._keepalive_stop: threading.Event | None = None
         self._connect()
         self.window = None
         if use_shm == "auto":
@@ -92,6 +100,7 @@ class PoolClient:
         self._sock = sock
 
     def _send(self, cmd: str, args: dict, frames=()) -> int:
+        self._last_request = time.monotonic()
         self._seq += 1
         header = P.encode_request(self._seq, cmd, args)
         if self._stream is not None:
@@ -100,8 +109,7 @@ class PoolClient:
             except OSError as exc:
                 self._drop_stream()
                 raise PoolError(f"pool server {self.endpoint}: local stream failed while "
-                                f"sending {cmd} ({exc}): server restarted, down or not "
-                                f"reading") from None
+                                f"sending {cmd} ({exc}): {STREAM_GONE}") from None
         else:
             self._sock.send_multipart([header, *frames], copy=False)
         return self._seq
@@ -185,11 +193,45 @@ class PoolClient:
         return self._call_frames(cmd, args, frames)[0]
 
     def _call_frames(self, cmd: str, args: dict, frames=()):
-        req = self._send(cmd, args, frames)
-        got = self._recv(req, time.monotonic() + self.timeout_s, cmd, spin_s=self.spin_s)
-        if got is None:
-            raise self._timeout(cmd)
-        return got
+        with self._lock:
+            req = self._send(cmd, args, frames)
+            got = self._recv(req, time.monotonic() + self.timeout_s, cmd, spin_s=self.spin_s)
+            if got is None:
+                raise self._timeout(cmd)
+            return got
+
+    # ------------------------------------------------------------------ keep-alive
+    def _start_keepalive(self) -> None:
+        """While attached, a daemon thread sends a heartbeat whenever the host has made no
+        request for a third of the server's heartbeat timeout: a host that computes for longer
+        than that between requests is not taken for dead (the in-process pool has no such
+        timeout, and this client keeps its interface)."""
+        if not self._keepalive or self._keepalive_stop is not None:
+            return
+        interval = self.server_info.get("heartbeat_timeout_s", 10.0) / 3
+        stop = self._keepalive_stop = threading.Event()
+        self._keepalive_thread = threading.Thread(
+            target=self._keep_alive, args=(stop, interval), daemon=True,
+            name=f"cxlsim-pool-keepalive-{self.host_id}")
+        self._keepalive_thread.start()
+
+    def _keep_alive(self, stop: threading.Event, interval: float) -> None:
+        while not stop.wait(interval / 2):
+            if time.monotonic() - self._last_request < interval:
+                continue
+            with self._lock:
+                if stop.is_set():
+                    return
+                try:
+                    self._call("heartbeat", {})
+                except PoolError:
+                    return           # the server is gone or forgot us: the next request says so
+
+    def _stop_keepalive(self) -> None:
+        stop, self._keepalive_stop = self._keepalive_stop, None
+        if stop is not None:
+            stop.set()
+            self._keepalive_thread.join()
 
     def _me(self, host: int) -> None:
         if host != self.host_id:
@@ -202,6 +244,7 @@ class PoolClient:
             raise PoolError(f"{cmd}: {len(bad)} of {len(keys)} refused; first: {bad[0][1]}")
 
     def close(self) -> None:
+        self._stop_keepalive()
         self._drop_stream()
         if self._sock is not None:
             self._sock.close(0)
@@ -239,6 +282,7 @@ class PoolClient:
         self.server_info = info
         if self._want_stream and info.get("stream") and self._stream is None:
             self._open_stream(info["stream"], info["stream_token"])
+        self._start_keepalive()
 
     def resize(self, host: int, quota_bytes: int) -> None:
         self._me(host)
@@ -246,6 +290,7 @@ class PoolClient:
 
     def detach(self, host: int) -> None:
         self._me(host)
+        self._stop_keepalive()
         self._call("detach", {})
         self._drop_stream()          # the server closed its end with the reply
         if self.window is not None:  # the server has let go of it: remove it now, not at close
@@ -384,6 +429,13 @@ class PoolClient:
                 [bool(o.shared) for o in ops]]
         if next_ns is not None and not math.isfinite(next_ns):
             next_ns = None
+        with self._lock:          # the keep-alive thread waits: exchange sends its own heartbeats
+            delta = self._await_release(quantum, wire, next_ns)
+        self._horizon_ns = delta.horizon_ns
+        return delta
+
+    def _await_release(self, quantum: int, wire: list, next_ns: float | None) -> PoolDelta:
+        """Send the hand-in and wait for this host's release, heartbeating while parked."""
         req = self._send("exchange", {"quantum": int(quantum), "ops": wire,
                                       "next_ns": None if next_ns is None else float(next_ns)})
         deadline = time.monotonic() + self.timeout_s
@@ -413,9 +465,7 @@ class PoolClient:
             if not hb_out and time.monotonic() >= slice_end:   # a long wait: say we are alive
                 self._send("heartbeat", {})
                 hb_out = True
-        delta = delta_from_wire(result)
-        self._horizon_ns = delta.horizon_ns
-        return delta
+        return delta_from_wire(result)
 
 
 def delta_from_wire(d: dict) -> PoolDelta:

@@ -42,6 +42,9 @@ WAIT_SLICE_S = 0.1                  # a waiting client checks its deadline this 
 CLIENT_SPIN_US = 300                # a client polls this long for a reply before it sleeps
 SERVER_SPIN_US = 1000               # the server polls this long for the next request
 MAX_SPIN_US = 50_000                # the most either may be asked to poll (then it sleeps)
+# why a server closes a host's stream, as a client can tell it: it cannot tell which
+STREAM_GONE = ("the server restarted, is down or stopped reading, or detached this host after "
+               "a heartbeat timeout")
 
 
 def tune(sock: socket.socket) -> None:
@@ -216,7 +219,7 @@ def recv_message(reader: MessageReader, deadline: float, pending: list, spin_s: 
             continue                            # nothing yet, or a slice passed
         except (OSError, EOFError) as exc:
             raise PoolError(f"pool server closed the local stream ({str(exc) or 'end of stream'}"
-                            f"): restarted or down") from None
+                            f"): {STREAM_GONE}") from None
         except ProtocolError as exc:
             raise PoolError(f"pool server sent a bad stream message: {exc}") from None
     return pending.pop(0)
