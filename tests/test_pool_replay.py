@@ -166,6 +166,8 @@ def test_a_host_whose_server_dies_says_so_at_once(tmp_path):
     (["--pool", "tcp://127.0.0.1:70000", "--host-id", "0"], "port must be 1..65535"),
     (["--pool", "tcp://127.0.0.1:5701", "--host-id", "0", "--pool-timeout-s", "0"],
      "--pool-timeout-s must be > 0"),
+    (["--pool", "tcp://127.0.0.1:5701", "--host-id", "0", "--pool-spin-us", "inf"],
+     "--pool-spin-us must be 0..50000 us"),
 ])
 def test_bad_pool_arguments_are_named(args, says):
     out = cxlsim("replay", TRACE, *COMMON, *args, timeout=60)

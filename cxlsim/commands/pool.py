@@ -71,7 +71,7 @@ def _keygen(directory: str) -> int:
 def _serve(args) -> int:
     from ..pool.local import LocalPool
     from ..pool.server import run_server
-    from ..pool.stream import MAX_SPIN_US
+    from ..pool.stream import spin_budget_s
     if args.capacity_bytes is not None:
         capacity = args.capacity_bytes
     else:
@@ -95,8 +95,8 @@ def _serve(args) -> int:
     def ready(line):
         print(line, flush=True)
     spin = {} if args.spin_us is None else {"spin_us": args.spin_us}
-    if args.spin_us is not None and not 0 <= args.spin_us <= MAX_SPIN_US:
-        raise ConfigError(f"--spin-us must be 0..{MAX_SPIN_US}, got {args.spin_us}")
+    if args.spin_us is not None:
+        spin_budget_s(args.spin_us, "--spin-us")          # the flag's name in the error
     return run_server(pool, args.bind, ready=ready, heartbeat_timeout_s=args.heartbeat_timeout_s,
                       curve_secret_key=secret, insecure=args.insecure,
                       max_frame_bytes=args.max_frame_bytes, log=sys.stderr, **spin)

@@ -116,6 +116,9 @@ def _run_remote_host(cfg, args):
         from .pool import read_key
         key = read_key(args.server_key)
     spin = {} if args.pool_spin_us is None else {"spin_us": args.pool_spin_us}
+    if args.pool_spin_us is not None:
+        from ..pool.stream import spin_budget_s
+        spin_budget_s(args.pool_spin_us, "--pool-spin-us")   # the flag's name in the error
     client = PoolClient(args.pool, args.host_id, timeout_s=args.pool_timeout_s,
                         server_public_key=key, **spin)
     try:
