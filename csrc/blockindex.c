@@ -830,6 +830,61 @@ int cxl_index_apply(cxl_index *x, const uint8_t *op, const uint64_t *keys, const
     return CXL_OK;
 }
 
+int64_t cxl_index_next_run(cxl_index *x, const uint64_t *keys, int8_t *out, int64_t pos,
+                           int64_t end, int64_t max_miss, int32_t *tier)
+{
+    uint32_t id = find_resident(x, keys[pos]);
+    int64_t i = pos;
+    if (id == NIL) {
+        *tier = -1;
+        if (end - pos > max_miss) end = pos + max_miss;
+        do out[i++] = -1; while (i < end && find_resident(x, keys[i]) == NIL);
+        return i;
+    }
+    int32_t ti = R(x, id)->tier;
+    *tier = ti;
+    do {
+        x->tiers[ti].hits++;
+        touch(x, id);
+        out[i++] = (int8_t)ti;
+    } while (i < end && (id = find_resident(x, keys[i])) != NIL && R(x, id)->tier == ti);
+    return i;
+}
+
+int cxl_index_admit_run(cxl_index *x, int32_t ti, const uint64_t *keys, int64_t pos, int64_t n,
+                        uint32_t bytes, int64_t free_slots, const uint64_t *victims,
+                        const uint8_t *skip, int64_t n_victims, int64_t *failed_at,
+                        int64_t *added)
+{
+    if (!x || !failed_at || !added || n < 0 || pos < 0 || (n && !keys)
+            || (n_victims && !victims))
+        return cxl_fail(CXL_EINVAL, "index: NULL array");
+    *failed_at = -1;
+    *added = 0;
+    int st = check_tier(x, ti);
+    if (st) return st;
+    int64_t need = n > free_slots ? n - free_slots : 0;
+    if (n_victims != need)
+        return cxl_fail(CXL_EINVAL, "index: %lld victims for a run that needs %lld",
+                        (long long)n_victims, (long long)need);
+    for (int64_t i = 0, j = 0; i < n; i++) {
+        if (i >= free_slots) {
+            int64_t v = j++;
+            if (skip && skip[v]) continue;
+            st = cxl_index_remove_from(x, victims[v], ti);
+            if (st) {
+                *failed_at = v;
+                return st;
+            }
+            --*added;
+        }
+        st = cxl_index_insert(x, keys[pos + i], ti, bytes, -1);
+        if (st) return st;
+        ++*added;
+    }
+    return CXL_OK;
+}
+
 void cxl_index_usage(cxl_index *x, uint64_t *used_bytes, int64_t *blocks)
 {
     for (int32_t i = 0; x && i < x->n_tiers; i++) {

@@ -12,6 +12,11 @@ tiers' usage in Python, queues its changes (touch, insert, remove, move) and app
 after every `flush()`, and it rejects any queued change that disagrees with its state (which can
 only happen if something changed the index behind this engine's back), so the mirror cannot drift
 silently. Built-in policies skip all of this: they run whole streams in C (access_batch).
+
+Cache-only replays of a policy with runs (admit_many) over one tier skip the mirror too: C finds
+each run of hits or misses of a request and applies the policy's answer for the whole run
+(`_access_by_c_runs`), so the engine costs two C calls per run and no Python per block. The
+mirror is then reloaded only when something reads it.
 """
 from __future__ import annotations
 
@@ -70,7 +75,7 @@ class StoreView(IndexView):
         self._store = store
 
     def tier_of(self, key: int) -> int:
-        return self._store._where.get(key, _GONE)[0]
+        return self._store.tier_of(key)
 
     def fits(self, tier: int, nbytes: int) -> bool:
         return self._store.fits(tier, nbytes)
@@ -81,6 +86,7 @@ class StoreView(IndexView):
 
     def usage(self, tier: int) -> tuple[int, int]:
         """(bytes used, blocks held) in the tier."""
+        self._store._sync()
         return self._store._used[tier], self._store._blocks[tier]
 
     def info(self, key: int) -> BlockInfo:
@@ -112,6 +118,9 @@ class KVStore:
         self.view = StoreView(self)
         policy.attach(self.view)
         self._runs_allowed = self._allow_runs()
+        self._hit_many = self._allowed_hit_many()
+        self._c_runs = (self._runs_allowed and self.n_tiers == 1 and not record_moves
+                        and type(policy).place is Policy.place)
 
     # ------------------------------------------------------------------ state reads
     def _load_mirror(self) -> None:
@@ -124,15 +133,24 @@ class KVStore:
         blocks = ffi.new("int64_t[]", self.n_tiers)
         lib.cxl_index_usage(self._h, used, blocks)
         self._used, self._blocks = list(used), list(blocks)
+        self._stale = False
+
+    def _sync(self) -> None:
+        """Reload the mirror if runs driven from C changed the index since it was read."""
+        if self._stale:
+            self._load_mirror()
 
     def tier_of(self, key: int) -> int:
+        self._sync()
         return self._where.get(key, _GONE)[0]
 
     def bytes_of(self, key: int) -> int:
+        self._sync()
         entry = self._where.get(key)
         return entry[1] if entry is not None else -1
 
     def fits(self, tier: int, nbytes: int) -> bool:
+        self._sync()
         cap_bytes, cap_blocks = self._caps[tier]
         return ((not cap_bytes or self._used[tier] + nbytes <= cap_bytes)
                 and (cap_blocks < 0 or self._blocks[tier] < cap_blocks))
@@ -189,6 +207,7 @@ class KVStore:
         """One block access: the tier that hit, or -1 for a miss (the block is then inserted
         where the policy places it, unless no room can be made there)."""
         _check_size(nbytes)                  # before anything is evicted for it
+        self._sync()
         if len(self._ops) >= 2 * FLUSH_EVERY:
             self.flush()
         return self._access(key, self._where.get(key, _GONE)[0], nbytes, pos, parent)
@@ -204,7 +223,12 @@ class KVStore:
         per block, with the common steps (hit, insert, evict-and-drop) written out inline and
         runs of misses handed to the policy's admit_many when it has one: this loop is what
         pure-Python policies are measured by, so it avoids every call the contract does not
-        require."""
+        require. With one tier, runs, and nothing pinned or held, C drives the runs instead
+        (_access_by_c_runs)."""
+        _check_size(nbytes)
+        if self._c_runs and not self._pins:
+            return self._access_by_c_runs(keys, offsets, nbytes)
+        self._sync()
         where, ops = self._where, self._ops
         ops_extend = ops.extend
         policy = self.policy
@@ -213,7 +237,6 @@ class KVStore:
         default_place = type(policy).place is Policy.place
         n_tiers, used, blocks, caps = self.n_tiers, self._used, self._blocks, self._caps
         runs = default_place and self._runs_allowed
-        _check_size(nbytes)
         all_keys = keys.tolist()
         offsets = list(offsets) if not isinstance(offsets, np.ndarray) else offsets.tolist()
         result = []
@@ -292,6 +315,85 @@ class KVStore:
                                           and not policy.demote_on_evict)
         cap_bytes, cap_blocks = self._caps[0]
         return drop_only and not cap_bytes and cap_blocks != 0
+
+    def _allowed_hit_many(self):
+        """The policy's hit_many, unless a subclass changed the on_hit it stands in for."""
+        cls = type(self.policy)
+        if self.policy.hit_many is None or not issubclass(_defining_class(cls, "hit_many"),
+                                                          _defining_class(cls, "on_hit")):
+            return None
+        return self.policy.hit_many
+
+    def _access_by_c_runs(self, keys: np.ndarray, offsets, nbytes: int) -> np.ndarray:
+        """access_requests for one tier and no holds, driven from C: the index finds each run of
+        a request (hits are touched there) and applies the policy's admit_many answer for each
+        run of misses, so the index is exact throughout and the mirror is reloaded on demand."""
+        self.flush()
+        self._stale = True
+        h, policy = self._h, self.policy
+        admit_many = policy.admit_many
+        hit_many = self._hit_many or policy.hit_by_block
+        next_run = lib.cxl_index_next_run
+        all_keys = keys.tolist()
+        if keys.dtype != np.uint64:          # negative or fractional keys must not wrap
+            bad = _first_non_u64(all_keys)
+            if bad is not None:
+                raise CxlsimError(f"block keys must be integers in 0..2**64-1, got {bad!r}")
+        keys = np.ascontiguousarray(keys, dtype=np.uint64)
+        kp = _core.ptr(keys, "uint64_t")
+        offsets = list(offsets) if not isinstance(offsets, np.ndarray) else offsets.tolist()
+        cap_blocks = self._caps[0][1]
+        tier_out, failed, added = ffi.new("int32_t *"), ffi.new("int64_t *"), ffi.new("int64_t *")
+        used, blocks = ffi.new("uint64_t[1]"), ffi.new("int64_t[1]")
+        lib.cxl_index_usage(h, used, blocks)
+        held = blocks[0]
+        out = np.empty(len(keys), np.int8)
+        op = _core.ptr(out, "int8_t")
+        for lo, hi in zip(offsets, offsets[1:]):
+            # a key repeated within a request would hit after its first miss: such requests
+            # hand misses over one at a time, so C looks each one up after the one before
+            max_miss = hi - lo if len(set(all_keys[lo:hi])) == hi - lo else 1
+            pos, parent = lo, None
+            while pos < hi:
+                end = next_run(h, kp, op, pos, hi, max_miss, tier_out)
+                run = all_keys[pos:end]
+                if tier_out[0] < 0:
+                    free = end - pos if cap_blocks < 0 else cap_blocks - held
+                    victims = admit_many(0, run, pos - lo, parent, free)
+                    self._admit_in_c(kp, pos, run, nbytes, free, victims, failed, added)
+                    held += added[0]
+                else:
+                    stop = hit_many(0, run, pos - lo, parent)
+                    if stop is not None:     # with one tier every hit stays where it is
+                        raise PolicyError(f"policy {policy.name!r}: on_hit/hit_many asked to "
+                                          f"move block {stop!r}; the index has one tier")
+                parent, pos = run[-1], end
+        return out
+
+    def _admit_in_c(self, keys_ptr, pos: int, run: list[int], nbytes: int, free: int, victims,
+                    failed, added) -> None:
+        """Check admit_many's answer and apply it to the C index (see cxl_index_admit_run)."""
+        need = len(run) - free if len(run) > free else 0
+        if len(victims) != need:
+            word = "fewer" if len(victims) < need else "more"
+            raise PolicyError(f"policy {self.policy.name!r}: admit_many returned {len(victims)} "
+                              f"victims, {word} than the run needs ({need})")
+        skip = ffi.NULL
+        if None in victims:                  # everything pinned: those keys are not cached
+            skip = [v is None for v in victims]
+            victims = [0 if v is None else v for v in victims]
+        try:
+            status = lib.cxl_index_admit_run(self._h, 0, keys_ptr, pos, len(run), nbytes, free,
+                                             victims, skip, need, failed, added)
+        except (TypeError, OverflowError):
+            raise PolicyError(f"policy {self.policy.name!r}: admit_many returned victims that "
+                              f"are not block keys: {_first_non_u64(victims)!r}") from None
+        if status:
+            if status == lib.CXL_EPINNED or failed[0] >= 0:
+                state = "pinned" if status == lib.CXL_EPINNED else "not in that tier"
+                raise PolicyError(f"policy {self.policy.name!r}: admit_many returned block "
+                                  f"{victims[failed[0]]!r}, which is {state}")
+            _core.check(status)
 
     def _admit_run(self, run: list[int], first_pos: int, parent, nbytes: int) -> None:
         """Apply a run of misses to tier 0 through policy.admit_many, checking every victim."""
@@ -388,6 +490,7 @@ class KVStore:
 
     def relocate(self, key: int, src: int, dst: int) -> bool:
         """Move a resident block, making room at dst while the block is held where it is."""
+        self._sync()
         nbytes = self.bytes_of(key)
         pins = self._pins
         pins[key] = pins.get(key, 0) + 1     # held: policies must not pick it while room is made
@@ -418,6 +521,7 @@ class KVStore:
 
     def make_room(self, tier: int, nbytes: int) -> bool:
         """Evict from `tier` until nbytes fit; False if the policy cannot free enough."""
+        self._sync()
         cap_bytes, cap_blocks = self._caps[tier]
         used, blocks = self._used, self._blocks
         if ((not cap_bytes or used[tier] + nbytes <= cap_bytes)
@@ -471,6 +575,7 @@ class KVStore:
         """Insert an absent block into `tier`, making room there; False if no room can be made."""
         self._tier(tier, "insert")
         _check_size(nbytes)
+        self._sync()
         if key in self._where:
             raise CxlsimError(f"insert: block {key} is already resident")
         if not self.make_room(tier, nbytes):
@@ -484,6 +589,7 @@ class KVStore:
 
     def discard(self, key: int) -> None:
         """Remove an unpinned resident block (not a victim, not recorded as a drop)."""
+        self._sync()
         tier, nbytes = self._where.pop(key)
         if key in self._pins:
             self._where[key] = (tier, nbytes)

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cxlsim.index import BlockIndex, TierSpec
+from cxlsim.errors import CxlsimError
 from cxlsim.kv import KVStore, PolicyError
 from cxlsim.policies.base import Policy
 from cxlsim.policies.lru import LRU
@@ -53,7 +54,9 @@ def _run(policy, capacity, keys, offsets, held=(), record=False):
     out = store.access_requests(keys, offsets, 1)
     store.flush()
     resident = sorted(store.index.tier_keys(0).tolist())
-    assert resident == sorted(store._where)          # the C index agrees with the mirror
+    # the C index agrees with the engine's own view of residency (its mirror, reloaded if runs
+    # driven from C changed the index)
+    assert resident == sorted(k for k in set(keys.tolist()) if store.tier_of(k) == 0)
     return out.tolist(), resident, store.drops
 
 
@@ -72,10 +75,13 @@ def _arrays(reqs):
 @pytest.mark.parametrize("fast, slow", [(LRU, BlockByBlockLRU), (FastMRU, MRU)],
                          ids=["lru", "mru"])
 def test_runs_equal_block_by_block(fast, slow, reqs, capacity, held):
-    # repeated keys inside a request, runs longer than the tier, held blocks: all covered
+    # repeated keys inside a request, runs longer than the tier, held blocks: all covered. With
+    # holds or recorded drops the runs go through the engine's mirror; without, C drives them.
     keys, offsets = _arrays(reqs)
-    assert _run(fast(), capacity, keys, offsets, held, True) == \
-        _run(slow(), capacity, keys, offsets, held, True)
+    expected = _run(slow(), capacity, keys, offsets, held, True)
+    assert _run(fast(), capacity, keys, offsets, held, True) == expected
+    assert _run(fast(), capacity, keys, offsets)[:2] == \
+        _run(slow(), capacity, keys, offsets, (), True)[:2]
 
 
 def test_lru_runs_equal_the_c_ordering():
@@ -108,9 +114,65 @@ class _Liar(LRU):
 def test_wrong_victims_are_refused(answer, message):
     store = KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=2)]), _Liar(answer))
     store.access_requests(np.array([1, 2], np.uint64), [0, 2], 1)   # fills the tier
-    store.hold(1)
+    store.hold(1)                                          # runs go through the mirror
     with pytest.raises(PolicyError, match=message):
         store.access_requests(np.array([3, 4], np.uint64), [0, 2], 1)
+
+
+@pytest.mark.parametrize("answer, message", [
+    (lambda p, keys, free: [], "fewer than the run needs"),
+    (lambda p, keys, free: [1, 2, 1], "more than the run needs"),
+    (lambda p, keys, free: [999] * (len(keys) - free), "block 999, which is not in that tier"),
+    (lambda p, keys, free: [1] * (len(keys) - free), "block 1, which is not in that tier"),
+    (lambda p, keys, free: ["1", 2], "not block keys: '1'"),
+])
+def test_wrong_victims_are_refused_when_c_drives_the_runs(answer, message):
+    store = KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=2)]), _Liar(answer))
+    store.access_requests(np.array([1, 2], np.uint64), [0, 2], 1)   # fills the tier
+    with pytest.raises(PolicyError, match=message):
+        store.access_requests(np.array([3, 4], np.uint64), [0, 2], 1)
+
+
+def test_c_runs_and_per_block_calls_mix():
+    """access() between runs driven from C sees the index those runs left (the mirror is
+    reloaded), and the whole sequence decides as the per-block engine does."""
+    rng = np.random.default_rng(3)
+    fast = KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=40)]), LRU())
+    slow = KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=40)]), BlockByBlockLRU())
+    for _ in range(30):
+        keys, offsets = _arrays([rng.integers(1, 120, 12).tolist() for _ in range(3)])
+        assert (fast.access_requests(keys, offsets, 1) ==
+                slow.access_requests(keys, offsets, 1)).all()
+        for key in rng.integers(1, 120, 5).tolist():
+            assert fast.access(key, 1) == slow.access(key, 1)
+    assert fast.view.usage(0) == slow.view.usage(0) == (40, 40)
+    fast.flush(), slow.flush()
+    assert sorted(fast.index.tier_keys(0).tolist()) == sorted(slow.index.tier_keys(0).tolist())
+
+
+class _MovesOnHit(LRU):
+    def hit_many(self, tier, keys, first_pos, parent):
+        return 0, 1                       # tier 1 does not exist
+
+
+def test_a_hit_run_that_asks_to_move_is_refused():
+    store = KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=4)]), _MovesOnHit())
+    store.access_requests(np.array([1, 2], np.uint64), [0, 2], 1)
+    with pytest.raises(PolicyError, match="asked to move"):
+        store.access_requests(np.array([1, 2], np.uint64), [0, 2], 1)
+
+
+def test_a_subclass_that_changes_on_hit_is_not_bypassed_by_the_inherited_hit_many():
+    seen = []
+
+    class CountingLRU(LRU):
+        def on_hit(self, key, tier, pos, parent):
+            seen.append(key)
+            return super().on_hit(key, tier, pos, parent)
+
+    store = KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=4)]), CountingLRU())
+    store.access_requests(np.array([1, 2, 1, 2, 3], np.uint64), [0, 2, 5], 1)
+    assert seen == [1, 2]
 
 
 def test_a_subclass_that_changes_victim_is_not_bypassed_by_the_inherited_fast_path():
@@ -124,3 +186,10 @@ def test_a_subclass_that_changes_victim_is_not_bypassed_by_the_inherited_fast_pa
     assert _run(EvictNewest(), 3, keys, offsets) == _run(
         type("EvictNewestByBlock", (EvictNewest,), {"admit_many": None})(), 3, keys, offsets)
     assert _run(EvictNewest(), 3, keys, offsets)[1] == [1, 3, 5]
+
+
+def test_negative_keys_are_named_when_c_drives_the_runs():
+    store = KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=4)]), LRU())
+    with pytest.raises(CxlsimError, match="block keys must be integers in 0..2\\*\\*64-1, got -3"):
+        store.access_requests(np.array([7, -3], np.int64), [0, 2], 1)
+    assert store.view.usage(0) == (0, 0)          # nothing was applied

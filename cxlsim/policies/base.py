@@ -43,6 +43,15 @@ A subclass that overrides victim, on_insert, on_remove, place or demote_to of th
 admit_many does not get runs (the inherited admit_many would bypass its override) unless it
 defines admit_many again.
 
+Runs of hits (optional, for speed): `hit_many(tier, keys, first_pos, parent)` records hits to
+consecutive blocks of one request, all resident in `tier`, exactly as on_hit would one by one,
+and returns None when every block stays in `tier`. If on_hit would move a block, it stops there
+(on_hit's bookkeeping for that block done, none for the rest) and returns `(i, dest)`: the index
+of that block in `keys` and the tier on_hit chose. `hit_by_block` is the same spelled out with
+on_hit. The engine uses it in cache-only replays over one tier (where every hit stays), with the
+same rules as admit_many: the view does not show the run's changes while it is handled, and a
+subclass overriding on_hit does not get the inherited hit_many.
+
 A policy whose decisions equal one of the C orderings sets `c_ordering` (and `promote_on_hit`,
 `demote_on_evict` to match its on_hit/demote_to); engines may then run the whole stream in C
 (BlockIndex.access_batch). The pure-Python methods stay the reference: tests check both agree.
@@ -96,6 +105,20 @@ class Policy:
     #: Optional: `admit_many(tier, keys, first_pos, parent, free_slots) -> victims`. None means
     #: the engine makes the per-block calls. See the module docstring, "Runs of misses".
     admit_many = None
+
+    #: Optional: `hit_many(tier, keys, first_pos, parent) -> None | (i, dest)`. See the module
+    #: docstring, "Runs of hits".
+    hit_many = None
+
+    def hit_by_block(self, tier: int, keys: list[int], first_pos: int,
+                     parent: int | None) -> tuple[int, int] | None:
+        """hit_many spelled out with on_hit: what a policy's own hit_many must equal."""
+        for i, key in enumerate(keys):
+            dest = self.on_hit(key, tier, first_pos + i, parent)
+            if dest != tier:
+                return i, dest
+            parent = key
+        return None
 
     def admit_by_block(self, tier: int, keys: list[int], first_pos: int, parent: int | None,
                        free_slots: int) -> list[int | None]:
