@@ -66,7 +66,9 @@ class PolicyError(CxlsimError, RuntimeError):
 
 
 class StoreView(IndexView):
-    """The read-only view a policy gets from a KVStore: current even between flushes."""
+    """The read-only view a policy gets from a KVStore: current even between flushes. While
+    runs driven from C have left the engine's mirror stale, the C index itself is current, so
+    the view reads it directly rather than reload the mirror."""
 
     __slots__ = ("_store",)
 
@@ -75,19 +77,20 @@ class StoreView(IndexView):
         self._store = store
 
     def tier_of(self, key: int) -> int:
-        return self._store.tier_of(key)
+        store = self._store
+        return super().tier_of(key) if store._stale else store._where.get(key, _GONE)[0]
 
     def fits(self, tier: int, nbytes: int) -> bool:
-        return self._store.fits(tier, nbytes)
+        return super().fits(tier, nbytes) if self._store._stale else self._store.fits(tier, nbytes)
 
     def bytes_of(self, key: int) -> int:
         """Size of a resident block (-1 if absent)."""
-        return self._store.bytes_of(key)
+        return super().bytes_of(key) if self._store._stale else self._store.bytes_of(key)
 
     def usage(self, tier: int) -> tuple[int, int]:
         """(bytes used, blocks held) in the tier."""
-        self._store._sync()
-        return self._store._used[tier], self._store._blocks[tier]
+        store = self._store
+        return super().usage(tier) if store._stale else (store._used[tier], store._blocks[tier])
 
     def info(self, key: int) -> BlockInfo:
         self._store.flush()
@@ -349,25 +352,28 @@ class KVStore:
         held = blocks[0]
         out = np.empty(len(keys), np.int8)
         op = _core.ptr(out, "int8_t")
-        for lo, hi in zip(offsets, offsets[1:]):
-            # a key repeated within a request would hit after its first miss: such requests
-            # hand misses over one at a time, so C looks each one up after the one before
-            max_miss = hi - lo if len(set(all_keys[lo:hi])) == hi - lo else 1
-            pos, parent = lo, None
-            while pos < hi:
-                end = next_run(h, kp, op, pos, hi, max_miss, tier_out)
-                run = all_keys[pos:end]
-                if tier_out[0] < 0:
-                    free = end - pos if cap_blocks < 0 else cap_blocks - held
-                    victims = admit_many(0, run, pos - lo, parent, free)
-                    self._admit_in_c(kp, pos, run, nbytes, free, victims, failed, added)
-                    held += added[0]
-                else:
-                    stop = hit_many(0, run, pos - lo, parent)
-                    if stop is not None:     # with one tier every hit stays where it is
-                        raise PolicyError(f"policy {policy.name!r}: on_hit/hit_many asked to "
-                                          f"move block {stop!r}; the index has one tier")
-                parent, pos = run[-1], end
+        try:
+            for lo, hi in zip(offsets, offsets[1:]):
+                # a key repeated within a request would hit after its first miss: such requests
+                # hand misses over one at a time, so C looks each one up after the one before
+                max_miss = hi - lo if len(set(all_keys[lo:hi])) == hi - lo else 1
+                pos, parent = lo, None
+                while pos < hi:
+                    end = next_run(h, kp, op, pos, hi, max_miss, tier_out)
+                    run = all_keys[pos:end]
+                    if tier_out[0] < 0:
+                        free = end - pos if cap_blocks < 0 else cap_blocks - held
+                        victims = admit_many(0, run, pos - lo, parent, free)
+                        self._admit_in_c(kp, pos, run, nbytes, free, victims, failed, added)
+                        held += added[0]
+                    else:
+                        stop = hit_many(0, run, pos - lo, parent)
+                        if stop is not None:     # with one tier every hit stays where it is
+                            raise PolicyError(f"policy {policy.name!r}: on_hit/hit_many asked "
+                                              f"to move block {stop!r}; the index has one tier")
+                    parent, pos = run[-1], end
+        finally:                 # even if a policy made the engine reload the mirror meanwhile
+            self._stale = True
         return out
 
     def _admit_in_c(self, keys_ptr, pos: int, run: list[int], nbytes: int, free: int, victims,

@@ -193,3 +193,25 @@ def test_negative_keys_are_named_when_c_drives_the_runs():
     with pytest.raises(CxlsimError, match="block keys must be integers in 0..2\\*\\*64-1, got -3"):
         store.access_requests(np.array([7, -3], np.int64), [0, 2], 1)
     assert store.view.usage(0) == (0, 0)          # nothing was applied
+
+
+class _Peeking(LRU):
+    """Reads the view from inside its run methods (outside the contract for choices, but it
+    must still see the index as it is, and leave the engine consistent)."""
+
+    def attach(self, view):
+        super().attach(view)
+        self.seen = []
+
+    def admit_many(self, tier, keys, first_pos, parent, free_slots):
+        self.seen.append((self.view.usage(0), self.view.tier_of(keys[0]), self.view.fits(0, 1)))
+        return super().admit_many(tier, keys, first_pos, parent, free_slots)
+
+
+def test_the_view_reads_the_index_while_c_drives_the_runs():
+    store = KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=3)]), _Peeking())
+    store.access_requests(np.array([1, 2, 5, 1, 3, 4], np.uint64), [0, 2, 3, 6], 1)
+    # before each miss run: blocks held, the run's first key absent, room left
+    assert store.policy.seen == [((0, 0), -1, True), ((2, 2), -1, True), ((3, 3), -1, False)]
+    assert store.access(5, 1) == -1 and store.access(4, 1) == 0   # the mirror, reloaded
+    assert store.view.usage(0) == (3, 3)
