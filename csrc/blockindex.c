@@ -838,7 +838,12 @@ int64_t cxl_index_next_run(cxl_index *x, const uint64_t *keys, int8_t *out, int6
     if (id == NIL) {
         *tier = -1;
         if (end - pos > max_miss) end = pos + max_miss;
-        do out[i++] = -1; while (i < end && find_resident(x, keys[i]) == NIL);
+        out[i++] = -1;
+        for (; i < end && find_resident(x, keys[i]) == NIL; i++) {
+            for (int64_t j = pos; j < i; j++)   /* a repeat will hit once its first is in */
+                if (keys[j] == keys[i]) return i;
+            out[i] = -1;
+        }
         return i;
     }
     int32_t ti = R(x, id)->tier;

@@ -179,7 +179,8 @@ int cxl_index_apply(cxl_index *x, const uint8_t *op, const uint64_t *keys, const
                     const uint32_t *bytes, int64_t n, int64_t *failed_at);
 /* For engines that drive a Python policy by runs, with the index exact at every call.
  * next_run: the run of keys[pos..end) that starts at pos (pos < end): consecutive blocks
- * resident in one tier, each touched as a hit, or up to max_miss consecutive absent blocks.
+ * resident in one tier, each touched as a hit, or up to max_miss consecutive absent blocks,
+ * none repeating another of the run (the run is compared pairwise: keep max_miss small).
  * out[i] gets the tier of each block of the run, or -1 for a miss; *tier gets the run's tier or
  * -1. Returns where the run ends. */
 int64_t cxl_index_next_run(cxl_index *x, const uint64_t *keys, int8_t *out, int64_t pos,

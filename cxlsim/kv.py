@@ -39,6 +39,9 @@ FLUSH_EVERY = 4096
 _TIER_SHIFT, _SIZE_SHIFT = 8, 16
 MAX_TIERS = 1 << (_SIZE_SHIFT - _TIER_SHIFT)
 _GONE = (-1, 0)   # what _where.get returns for an absent key
+# Longest run of misses C hands over at once: it checks a run for repeated keys pairwise (a
+# repeat would hit once its first occurrence is in), and a split run decides the same.
+C_MISS_RUN_MAX = 64
 
 
 def _defining_class(cls: type, name: str) -> type:
@@ -354,12 +357,9 @@ class KVStore:
         op = _core.ptr(out, "int8_t")
         try:
             for lo, hi in zip(offsets, offsets[1:]):
-                # a key repeated within a request would hit after its first miss: such requests
-                # hand misses over one at a time, so C looks each one up after the one before
-                max_miss = hi - lo if len(set(all_keys[lo:hi])) == hi - lo else 1
                 pos, parent = lo, None
                 while pos < hi:
-                    end = next_run(h, kp, op, pos, hi, max_miss, tier_out)
+                    end = next_run(h, kp, op, pos, hi, C_MISS_RUN_MAX, tier_out)
                     run = all_keys[pos:end]
                     if tier_out[0] < 0:
                         free = end - pos if cap_blocks < 0 else cap_blocks - held
