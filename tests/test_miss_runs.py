@@ -215,3 +215,14 @@ def test_the_view_reads_the_index_while_c_drives_the_runs():
     assert store.policy.seen == [((0, 0), -1, True), ((2, 2), -1, True), ((3, 3), -1, False)]
     assert store.access(5, 1) == -1 and store.access(4, 1) == 0   # the mirror, reloaded
     assert store.view.usage(0) == (3, 3)
+
+
+def test_long_requests_with_repeats_split_into_runs_decide_the_same():
+    """C hands over at most 64 misses at once and ends a run before a key the run already
+    holds; requests of hundreds of blocks with repeats must still decide block by block."""
+    rng = np.random.default_rng(11)
+    reqs = [rng.integers(1, 400, int(rng.integers(100, 300))).tolist() for _ in range(20)]
+    keys, offsets = _arrays(reqs)
+    for capacity in (50, 150, 1000):
+        assert _run(LRU(), capacity, keys, offsets)[:2] == \
+            _run(BlockByBlockLRU(), capacity, keys, offsets)[:2]
