@@ -191,6 +191,7 @@ class KVStore:
                               f"{ffi.string(lib.cxl_last_error()).decode()}")
 
     def _queue(self, op: int, key: int, tier: int, nbytes: int = 0) -> None:
+        """Queue one change (the hot paths write TOUCH, MOVE and REMOVE inline: no size to check)."""
         _check_size(nbytes)
         self._ops.extend((key, op | tier << _TIER_SHIFT | nbytes << _SIZE_SHIFT))
 
@@ -478,7 +479,7 @@ class KVStore:
     def _access(self, key: int, tier: int, nbytes: int, pos: int, parent) -> int:
         policy = self.policy
         if tier >= 0:
-            self._queue(TOUCH, key, tier)
+            self._ops.extend((key, tier << _TIER_SHIFT))            # TOUCH
             dest = policy.on_hit(key, tier, pos, parent)
             if dest != tier:
                 self.relocate(key, tier, self._tier(dest, "on_hit"))
@@ -496,8 +497,9 @@ class KVStore:
 
     def relocate(self, key: int, src: int, dst: int) -> bool:
         """Move a resident block, making room at dst while the block is held where it is."""
-        self._sync()
-        nbytes = self.bytes_of(key)
+        if self._stale:                      # inline: this and make_room recurse per victim
+            self._load_mirror()
+        nbytes = self._where[key][1]
         pins = self._pins
         pins[key] = pins.get(key, 0) + 1     # held: policies must not pick it while room is made
         try:
@@ -509,7 +511,7 @@ class KVStore:
                 pins[key] -= 1
         if not ok:
             return False
-        self._queue(MOVE, key, dst)
+        self._ops.extend((key, MOVE | dst << _TIER_SHIFT))
         self._where[key] = (dst, nbytes)
         self._used[src] -= nbytes
         self._blocks[src] -= 1
@@ -527,7 +529,8 @@ class KVStore:
 
     def make_room(self, tier: int, nbytes: int) -> bool:
         """Evict from `tier` until nbytes fit; False if the policy cannot free enough."""
-        self._sync()
+        if self._stale:
+            self._load_mirror()
         cap_bytes, cap_blocks = self._caps[tier]
         used, blocks = self._used, self._blocks
         if ((not cap_bytes or used[tier] + nbytes <= cap_bytes)
@@ -551,7 +554,7 @@ class KVStore:
                 if dest is not None and self.relocate(victim, tier, self._tier(dest, "demote_to")):
                     continue
             vbytes = entry[1]
-            self._queue(REMOVE, victim, tier)
+            self._ops.extend((victim, REMOVE | tier << _TIER_SHIFT))
             del where[victim]
             used[tier] -= vbytes
             blocks[tier] -= 1

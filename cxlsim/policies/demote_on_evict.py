@@ -6,6 +6,9 @@ One difference from `lru`: a block pinned by a running request is in use (attent
 step), so when the victim scan meets it, it counts as used now and moves to the recent end,
 as vLLM's block manager only queues a block for eviction once no request holds it. Besides
 being the serving semantics, this keeps victim() O(1) amortised when many blocks are pinned."""
+from collections import deque
+from itertools import takewhile
+
 from .lru import LRU
 from .registry import register
 
@@ -20,9 +23,9 @@ class DemoteOnEvict(LRU):
 
     def victim(self, tier):
         order, pinned = self.lists[tier], self.view.pinned
-        for _ in range(len(order)):
-            key = next(iter(order))
-            if key not in pinned:
-                return key
-            order.move_to_end(key)           # in use: as recent as now
-        raise LookupError(f"tier {tier}: every block is pinned")
+        # the pinned blocks at the old end, found and moved without a Python step per block
+        in_use = list(takewhile(pinned.__contains__, order))
+        if len(in_use) == len(order):
+            raise LookupError(f"tier {tier}: every block is pinned")
+        deque(map(order.move_to_end, in_use), 0)           # in use: as recent as now
+        return next(iter(order))
