@@ -831,12 +831,13 @@ int cxl_index_apply(cxl_index *x, const uint8_t *op, const uint64_t *keys, const
 }
 
 int64_t cxl_index_next_run(cxl_index *x, const uint64_t *keys, int8_t *out, int64_t pos,
-                           int64_t end, int64_t max_miss, int32_t *tier)
+                           int64_t end, int64_t max_miss, int64_t max_hit, int32_t *tier)
 {
+    *tier = -1;
+    if (pos < 0 || pos >= end || max_miss < 1 || max_hit < 1) return pos;
     uint32_t id = find_resident(x, keys[pos]);
     int64_t i = pos;
     if (id == NIL) {
-        *tier = -1;
         if (end - pos > max_miss) end = pos + max_miss;
         out[i++] = -1;
         for (; i < end && find_resident(x, keys[i]) == NIL; i++) {
@@ -848,6 +849,7 @@ int64_t cxl_index_next_run(cxl_index *x, const uint64_t *keys, int8_t *out, int6
     }
     int32_t ti = R(x, id)->tier;
     *tier = ti;
+    if (end - pos > max_hit) end = pos + max_hit;
     do {
         x->tiers[ti].hits++;
         touch(x, id);

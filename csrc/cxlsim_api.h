@@ -178,18 +178,20 @@ enum { CXL_OP_TOUCH = 0, CXL_OP_INSERT = 1, CXL_OP_REMOVE = 2, CXL_OP_MOVE = 3 }
 int cxl_index_apply(cxl_index *x, const uint8_t *op, const uint64_t *keys, const int32_t *tier,
                     const uint32_t *bytes, int64_t n, int64_t *failed_at);
 /* For engines that drive a Python policy by runs, with the index exact at every call.
- * next_run: the run of keys[pos..end) that starts at pos (pos < end): consecutive blocks
+ * next_run: the run of keys[pos..end) that starts at pos: up to max_hit consecutive blocks
  * resident in one tier, each touched as a hit, or up to max_miss consecutive absent blocks,
  * none repeating another of the run (the run is compared pairwise: keep max_miss small).
  * out[i] gets the tier of each block of the run, or -1 for a miss; *tier gets the run's tier or
- * -1. Returns where the run ends. */
+ * -1. Returns where the run ends (pos itself, with nothing done, unless 0 <= pos < end and both
+ * limits are >= 1); the caller guarantees keys and out hold `end` entries. */
 int64_t cxl_index_next_run(cxl_index *x, const uint64_t *keys, int8_t *out, int64_t pos,
-                           int64_t end, int64_t max_miss, int32_t *tier);
+                           int64_t end, int64_t max_miss, int64_t max_hit, int32_t *tier);
 /* admit_run: absent keys[pos..pos+n) enter tier ti in order, each taking a free slot while
  * free_slots last, then the next victim's place: the victim, which must be resident in ti and
  * unpinned, is removed; skip[j] (skip may be NULL) means victim j is none and that key is not
  * cached. n_victims must equal max(n - free_slots, 0). Stops at the first bad victim (EINVAL:
- * not in the tier, EPINNED) with *failed_at its index, or -1. *added: blocks added to ti. */
+ * not in the tier, EPINNED) with *failed_at its index, or -1; the steps before it stay applied,
+ * as they would have one block at a time. *added: blocks added to ti. */
 int cxl_index_admit_run(cxl_index *x, int32_t ti, const uint64_t *keys, int64_t pos, int64_t n,
                         uint32_t bytes, int64_t free_slots, const uint64_t *victims,
                         const uint8_t *skip, int64_t n_victims, int64_t *failed_at,

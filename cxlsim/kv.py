@@ -59,6 +59,11 @@ def _first_non_u64(values):
     return None
 
 
+def _bad_keys_error(values) -> CxlsimError:
+    return CxlsimError(f"block keys must be integers in 0..2**64-1, got "
+                       f"{_first_non_u64(values)!r}")
+
+
 def _check_size(nbytes: int) -> None:
     if not 0 <= nbytes <= 0xFFFFFFFF:
         raise CxlsimError(f"block sizes are limited to 0..4 GiB - 1 bytes, got {nbytes}")
@@ -81,14 +86,26 @@ class StoreView(IndexView):
 
     def tier_of(self, key: int) -> int:
         store = self._store
-        return super().tier_of(key) if store._stale else store._where.get(key, _GONE)[0]
+        if not store._stale:
+            return store._where.get(key, _GONE)[0]
+        try:
+            return super().tier_of(key)
+        except (TypeError, OverflowError):   # not a block key: absent, as the mirror says
+            return -1
 
     def fits(self, tier: int, nbytes: int) -> bool:
+        if not 0 <= tier < self._store.n_tiers:
+            return False
         return super().fits(tier, nbytes) if self._store._stale else self._store.fits(tier, nbytes)
 
     def bytes_of(self, key: int) -> int:
         """Size of a resident block (-1 if absent)."""
-        return super().bytes_of(key) if self._store._stale else self._store.bytes_of(key)
+        if not self._store._stale:
+            return self._store.bytes_of(key)
+        try:
+            return super().bytes_of(key)
+        except (TypeError, OverflowError):
+            return -1
 
     def usage(self, tier: int) -> tuple[int, int]:
         """(bytes used, blocks held) in the tier."""
@@ -125,8 +142,10 @@ class KVStore:
         policy.attach(self.view)
         self._runs_allowed = self._allow_runs()
         self._hit_many = self._allowed_hit_many()
-        self._c_runs = (self._runs_allowed and self.n_tiers == 1 and not record_moves
+        # cache-only replays over one tier may be driven from C (_access_by_c_runs)
+        self._c_runs = (self._runs_allowed and self.n_tiers == 1
                         and type(policy).place is Policy.place)
+        self._failed, self._added = ffi.new("int64_t *"), ffi.new("int64_t *")
 
     # ------------------------------------------------------------------ state reads
     def _load_mirror(self) -> None:
@@ -171,8 +190,7 @@ class KVStore:
         try:
             flat = np.frombuffer(array.array("Q", ops), dtype=np.uint64)
         except (TypeError, OverflowError):
-            raise CxlsimError(f"block keys must be integers in 0..2**64-1, got "
-                              f"{_first_non_u64(ops[0::2])!r}") from None
+            raise _bad_keys_error(ops[0::2]) from None
         # clear in place: the hot loops hold self._ops.extend across policy calls, and a policy
         # may make us flush (view.info) in the middle of them
         ops.clear()
@@ -233,7 +251,7 @@ class KVStore:
         require. With one tier, runs, and nothing pinned or held, C drives the runs instead
         (_access_by_c_runs)."""
         _check_size(nbytes)
-        if self._c_runs and not self._pins:
+        if self._c_runs and not self._pins and not self.record_moves:
             return self._access_by_c_runs(keys, offsets, nbytes)
         self._sync()
         where, ops = self._where, self._ops
@@ -332,63 +350,81 @@ class KVStore:
         return self.policy.hit_many
 
     def _access_by_c_runs(self, keys: np.ndarray, offsets, nbytes: int) -> np.ndarray:
-        """access_requests for one tier and no holds, driven from C: the index finds each run of
-        a request (hits are touched there) and applies the policy's admit_many answer for each
-        run of misses, so the index is exact throughout and the mirror is reloaded on demand."""
+        """access_requests for one tier with nothing pinned or held and no moves recorded,
+        driven from C: the index finds each run of a request (touching hits) and applies the
+        policy's admit_many answer for each run of misses, so the index is exact throughout and
+        the mirror is reloaded only when the engine next reads it. A hit run goes whole to the
+        policy's own hit_many; a policy without one hears of each hit alone, C touching the
+        block just before, as the per-block engine would."""
+        all_keys = keys.tolist()
+        offsets = list(offsets) if not isinstance(offsets, np.ndarray) else offsets.tolist()
+        if any(b < a for a, b in zip(offsets, offsets[1:])) or (
+                offsets and not 0 <= offsets[0] <= offsets[-1] <= len(all_keys)):
+            raise CxlsimError(f"request offsets must not decrease and must lie in "
+                              f"0..{len(all_keys)} (the number of keys), got {offsets[:8]!r}...")
+        if keys.dtype != np.uint64 and _first_non_u64(all_keys) is not None:
+            raise _bad_keys_error(all_keys)       # negative or fractional keys must not wrap
+        keys = np.ascontiguousarray(keys, dtype=np.uint64)
         self.flush()
         self._stale = True
         h, policy = self._h, self.policy
         admit_many = policy.admit_many
         hit_many = self._hit_many or policy.hit_by_block
+        max_hit = len(all_keys) if self._hit_many else 1
         next_run = lib.cxl_index_next_run
-        all_keys = keys.tolist()
-        if keys.dtype != np.uint64:          # negative or fractional keys must not wrap
-            bad = _first_non_u64(all_keys)
-            if bad is not None:
-                raise CxlsimError(f"block keys must be integers in 0..2**64-1, got {bad!r}")
-        keys = np.ascontiguousarray(keys, dtype=np.uint64)
-        kp = _core.ptr(keys, "uint64_t")
-        offsets = list(offsets) if not isinstance(offsets, np.ndarray) else offsets.tolist()
+        keys_ptr = _core.ptr(keys, "uint64_t")
+        out = np.full(len(keys), -1, np.int8)
+        out_ptr = _core.ptr(out, "int8_t")
         cap_blocks = self._caps[0][1]
-        tier_out, failed, added = ffi.new("int32_t *"), ffi.new("int64_t *"), ffi.new("int64_t *")
+        tier_out = ffi.new("int32_t *")
         used, blocks = ffi.new("uint64_t[1]"), ffi.new("int64_t[1]")
         lib.cxl_index_usage(h, used, blocks)
-        held = blocks[0]
-        out = np.empty(len(keys), np.int8)
-        op = _core.ptr(out, "int8_t")
-        try:
-            for lo, hi in zip(offsets, offsets[1:]):
-                pos, parent = lo, None
-                while pos < hi:
-                    end = next_run(h, kp, op, pos, hi, C_MISS_RUN_MAX, tier_out)
-                    run = all_keys[pos:end]
-                    if tier_out[0] < 0:
-                        free = end - pos if cap_blocks < 0 else cap_blocks - held
-                        victims = admit_many(0, run, pos - lo, parent, free)
-                        self._admit_in_c(kp, pos, run, nbytes, free, victims, failed, added)
-                        held += added[0]
-                    else:
-                        stop = hit_many(0, run, pos - lo, parent)
-                        if stop is not None:     # with one tier every hit stays where it is
-                            raise PolicyError(f"policy {policy.name!r}: on_hit/hit_many asked "
-                                              f"to move block {stop!r}; the index has one tier")
-                    parent, pos = run[-1], end
-        finally:                 # even if a policy made the engine reload the mirror meanwhile
-            self._stale = True
-        return out
+        resident = blocks[0]                      # blocks in the tier, kept up to date here
+        for lo, hi in zip(offsets, offsets[1:]):
+            pos, parent = lo, None
+            while pos < hi:
+                end = next_run(h, keys_ptr, out_ptr, pos, hi, C_MISS_RUN_MAX, max_hit, tier_out)
+                run = all_keys[pos:end]
+                if tier_out[0] < 0:
+                    free = end - pos if cap_blocks < 0 else cap_blocks - resident
+                    victims = admit_many(0, run, pos - lo, parent, free)
+                    resident += self._admit_in_c(keys_ptr, pos, run, nbytes, free, victims)
+                else:
+                    stop = hit_many(0, run, pos - lo, parent)
+                    if stop is not None:          # with one tier every hit stays where it is
+                        self._refuse_move(run, stop)
+                parent, pos = run[-1], end
+        return out[offsets[0]:offsets[-1]] if offsets else out[:0]
 
-    def _admit_in_c(self, keys_ptr, pos: int, run: list[int], nbytes: int, free: int, victims,
-                    failed, added) -> None:
-        """Check admit_many's answer and apply it to the C index (see cxl_index_admit_run)."""
+    def _refuse_move(self, run: list[int], stop) -> None:
+        try:
+            i, dest = stop
+            key = run[i]
+        except (TypeError, ValueError, IndexError):
+            raise PolicyError(f"policy {self.policy.name!r}: hit_many returned {stop!r}; "
+                              f"expected None or (index in the run, tier)") from None
+        raise PolicyError(f"policy {self.policy.name!r}: on_hit returned tier {dest!r} for "
+                          f"block {key}; the index has one tier (0)")
+
+    def _admit_in_c(self, keys_ptr, pos: int, run: list[int], nbytes: int, free: int,
+                    victims) -> int:
+        """Check admit_many's answer and apply it to the C index (cxl_index_admit_run).
+        Returns the number of blocks the tier gained."""
         need = len(run) - free if len(run) > free else 0
         if len(victims) != need:
             word = "fewer" if len(victims) < need else "more"
             raise PolicyError(f"policy {self.policy.name!r}: admit_many returned {len(victims)} "
                               f"victims, {word} than the run needs ({need})")
         skip = ffi.NULL
-        if None in victims:                  # everything pinned: those keys are not cached
+        if type(victims) is not list or None in victims:
+            # None: every block pinned, that key is not cached; numpy ints and the like become
+            # Python ints, which is what cffi converts
             skip = [v is None for v in victims]
-            victims = [0 if v is None else v for v in victims]
+            try:
+                victims = [0 if v is None else operator.index(v) for v in victims]
+            except TypeError:
+                victims = list(victims)           # named below
+        failed, added = self._failed, self._added
         try:
             status = lib.cxl_index_admit_run(self._h, 0, keys_ptr, pos, len(run), nbytes, free,
                                              victims, skip, need, failed, added)
@@ -401,6 +437,7 @@ class KVStore:
                 raise PolicyError(f"policy {self.policy.name!r}: admit_many returned block "
                                   f"{victims[failed[0]]!r}, which is {state}")
             _core.check(status)
+        return added[0]
 
     def _admit_run(self, run: list[int], first_pos: int, parent, nbytes: int) -> None:
         """Apply a run of misses to tier 0 through policy.admit_many, checking every victim."""

@@ -158,7 +158,7 @@ class _MovesOnHit(LRU):
 def test_a_hit_run_that_asks_to_move_is_refused():
     store = KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=4)]), _MovesOnHit())
     store.access_requests(np.array([1, 2], np.uint64), [0, 2], 1)
-    with pytest.raises(PolicyError, match="asked to move"):
+    with pytest.raises(PolicyError, match="returned tier 1 for block 1; the index has one tier"):
         store.access_requests(np.array([1, 2], np.uint64), [0, 2], 1)
 
 
@@ -226,3 +226,61 @@ def test_long_requests_with_repeats_split_into_runs_decide_the_same():
     for capacity in (50, 150, 1000):
         assert _run(LRU(), capacity, keys, offsets)[:2] == \
             _run(BlockByBlockLRU(), capacity, keys, offsets)[:2]
+
+
+def test_bad_offsets_are_refused_before_c_reads_anything():
+    store = KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=4)]), LRU())
+    keys = np.array([1, 2, 3, 4], np.uint64)
+    for offsets in ([10**10, 10**10 + 1], [0, 4000], [0, 3, 2, 4], [-1, 2]):
+        with pytest.raises(CxlsimError, match="request offsets must not decrease"):
+            store.access_requests(keys, offsets, 1)
+    assert store.view.usage(0) == (0, 0)
+    # requests covering part of the keys: one result per covered block, as block by block
+    assert store.access_requests(keys, [2, 4], 1).tolist() == \
+        KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=4)]),
+                BlockByBlockLRU()).access_requests(keys, [2, 4], 1).tolist() == [-1, -1]
+
+
+class _CountsTouches(LRU):
+    """Reads access statistics in on_hit (slow, but the per-block contract allows it): it has
+    admit_many from LRU but its own on_hit, so hits reach it one at a time."""
+
+    def attach(self, view):
+        super().attach(view)
+        self.freqs = []
+
+    def on_hit(self, key, tier, pos, parent):
+        self.freqs.append(self.view.info(key).freq)
+        return super().on_hit(key, tier, pos, parent)
+
+
+def test_a_policy_without_hit_many_sees_each_hit_touched_alone():
+    keys, offsets = _arrays([[1], [1, 1, 1]])
+    fast = KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=4)]), _CountsTouches())
+    fast.access_requests(keys, offsets, 1)
+    slow = KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=4)]),
+                   type("ByBlock", (_CountsTouches,), {"admit_many": None})())
+    slow.access_requests(keys, offsets, 1)
+    assert fast.policy.freqs == slow.policy.freqs == [2, 3, 4]
+
+
+def test_numpy_victims_are_accepted():
+    class NumpyVictims(LRU):
+        def admit_many(self, tier, keys, first_pos, parent, free_slots):
+            return np.array(super().admit_many(tier, keys, first_pos, parent, free_slots),
+                            np.uint64)
+
+    keys, offsets = _arrays([[1, 2, 3], [4, 5], [1, 6]])
+    assert _run(NumpyVictims(), 3, keys, offsets)[:2] == \
+        _run(BlockByBlockLRU(), 3, keys, offsets)[:2]
+
+
+def test_the_view_answers_alike_with_a_fresh_or_a_stale_mirror():
+    store = KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=4)]), LRU())
+    answers = []
+    for _ in range(2):
+        answers.append((store.view.tier_of(-1), store.view.bytes_of("x"), store.view.fits(5, 1),
+                        store.view.fits(-1, 1), store.view.tier_of(1)))
+        store.access_requests(np.array([1], np.uint64), [0, 1], 1)   # now the mirror is stale
+    assert answers[0][:4] == answers[1][:4] == (-1, -1, False, False)
+    assert (answers[0][4], answers[1][4]) == (-1, 0)

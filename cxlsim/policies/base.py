@@ -48,9 +48,11 @@ consecutive blocks of one request, all resident in `tier`, exactly as on_hit wou
 and returns None when every block stays in `tier`. If on_hit would move a block, it stops there
 (on_hit's bookkeeping for that block done, none for the rest) and returns `(i, dest)`: the index
 of that block in `keys` and the tier on_hit chose. `hit_by_block` is the same spelled out with
-on_hit. The engine uses it in cache-only replays over one tier (where every hit stays), with the
-same rules as admit_many: the view does not show the run's changes while it is handled, and a
-subclass overriding on_hit does not get the inherited hit_many.
+on_hit. The engine uses it in cache-only replays over one tier (where every hit stays). The
+index has already counted the whole run's hits when hit_many is called (the view's access
+statistics show them all), so a policy whose on_hit reads the view must not define it; as with
+admit_many, a subclass overriding on_hit does not get the inherited hit_many (it hears each hit
+alone, the index touching the block just before, as block by block).
 
 A policy whose decisions equal one of the C orderings sets `c_ordering` (and `promote_on_hit`,
 `demote_on_evict` to match its on_hit/demote_to); engines may then run the whole stream in C
