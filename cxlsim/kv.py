@@ -16,7 +16,7 @@ silently. Built-in policies skip all of this: they run whole streams in C (acces
 Cache-only replays of a policy with runs (admit_many) over one tier skip the mirror too: C finds
 each run of hits or misses of a request and applies the policy's answer for the whole run
 (`_access_by_c_runs`), so the engine costs two C calls per run and no Python per block. The
-mirror is then reloaded only when something reads it.
+mirror is then reloaded only when the engine next reads it; the view reads C meanwhile.
 """
 from __future__ import annotations
 
@@ -403,6 +403,9 @@ class KVStore:
         except (TypeError, ValueError, IndexError):
             raise PolicyError(f"policy {self.policy.name!r}: hit_many returned {stop!r}; "
                               f"expected None or (index in the run, tier)") from None
+        if dest == 0:
+            raise PolicyError(f"policy {self.policy.name!r}: hit_many stopped at block {key}, "
+                              f"which stays in tier 0 (it may stop only where on_hit moves one)")
         raise PolicyError(f"policy {self.policy.name!r}: on_hit returned tier {dest!r} for "
                           f"block {key}; the index has one tier (0)")
 

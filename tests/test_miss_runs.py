@@ -155,10 +155,17 @@ class _MovesOnHit(LRU):
         return 0, 1                       # tier 1 does not exist
 
 
-def test_a_hit_run_that_asks_to_move_is_refused():
-    store = KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=4)]), _MovesOnHit())
+@pytest.mark.parametrize("stop, message", [
+    ((0, 1), "on_hit returned tier 1 for block 1; the index has one tier"),
+    ((1, 0), "hit_many stopped at block 2, which stays in tier 0"),
+    ((5, 1), r"hit_many returned \(5, 1\); expected None or \(index in the run, tier\)"),
+])
+def test_a_hit_run_that_asks_to_move_is_refused(stop, message):
+    policy = _MovesOnHit()
+    policy.hit_many = lambda tier, keys, first_pos, parent: stop
+    store = KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=4)]), policy)
     store.access_requests(np.array([1, 2], np.uint64), [0, 2], 1)
-    with pytest.raises(PolicyError, match="returned tier 1 for block 1; the index has one tier"):
+    with pytest.raises(PolicyError, match=message):
         store.access_requests(np.array([1, 2], np.uint64), [0, 2], 1)
 
 
