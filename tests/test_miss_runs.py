@@ -291,3 +291,12 @@ def test_the_view_answers_alike_with_a_fresh_or_a_stale_mirror():
         store.access_requests(np.array([1], np.uint64), [0, 1], 1)   # now the mirror is stale
     assert answers[0][:4] == answers[1][:4] == (-1, -1, False, False)
     assert (answers[0][4], answers[1][4]) == (-1, 0)
+
+
+def test_the_mirror_reloads_blocks_of_every_size():
+    store = KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=8)]), LRU())
+    for key, size in ((1, 10), (2, 20), (3, 10)):
+        store.access(key, size)
+    store.access_requests(np.array([4, 1], np.uint64), [0, 2], 30)    # C drives: mirror stale
+    assert [store.bytes_of(k) for k in (1, 2, 3, 4, 5)] == [10, 20, 10, 30, -1]
+    assert store.view.usage(0) == (70, 4)
