@@ -13,9 +13,10 @@ after every `flush()`, and it rejects any queued change that disagrees with its 
 only happen if something changed the index behind this engine's back), so the mirror cannot drift
 silently. Built-in policies skip all of this: they run whole streams in C (access_batch).
 
-Cache-only replays of a policy with runs (admit_many) over one tier skip the mirror too: C finds
-each run of hits or misses of a request and applies the policy's answer for the whole run
-(`_access_by_c_runs`), so the engine costs two C calls per run and no Python per block. The
+Cache-only replays over one tier counted in blocks skip the mirror too (`_access_by_c_runs`):
+C finds each run of hits or misses of a request and applies the policy's answer, for the whole
+run when the policy takes runs (admit_many, hit_many), else one block at a time. Once the policy
+answers per run or per block anyway, a C call costs less than the mirror's bookkeeping. The
 mirror is then reloaded only when the engine next reads it; the view reads C meanwhile.
 """
 from __future__ import annotations
@@ -142,9 +143,11 @@ class KVStore:
         policy.attach(self.view)
         self._runs_allowed = self._allow_runs()
         self._hit_many = self._allowed_hit_many()
-        # cache-only replays over one tier may be driven from C (_access_by_c_runs)
-        self._c_runs = (self._runs_allowed and self.n_tiers == 1
-                        and type(policy).place is Policy.place)
+        # cache-only replays over one tier counted in blocks may be driven from C
+        # (_access_by_c_runs): a victim can only be dropped, one per block admitted
+        cap_bytes, cap_blocks = self._caps[0]
+        self._c_runs = (self.n_tiers == 1 and type(policy).place is Policy.place
+                        and not cap_bytes and cap_blocks != 0)
         self._failed, self._added = ffi.new("int64_t *"), ffi.new("int64_t *")
 
     # ------------------------------------------------------------------ state reads
@@ -254,8 +257,8 @@ class KVStore:
         per block, with the common steps (hit, insert, evict-and-drop) written out inline and
         runs of misses handed to the policy's admit_many when it has one: this loop is what
         pure-Python policies are measured by, so it avoids every call the contract does not
-        require. With one tier, runs, and nothing pinned or held, C drives the runs instead
-        (_access_by_c_runs)."""
+        require. With one tier counted in blocks and nothing pinned, held or recorded, C drives
+        the runs instead (_access_by_c_runs)."""
         _check_size(nbytes)
         if self._c_runs and not self._pins and not self.record_moves:
             return self._access_by_c_runs(keys, offsets, nbytes)
@@ -356,12 +359,13 @@ class KVStore:
         return self.policy.hit_many
 
     def _access_by_c_runs(self, keys: np.ndarray, offsets, nbytes: int) -> np.ndarray:
-        """access_requests for one tier with nothing pinned or held and no moves recorded,
-        driven from C: the index finds each run of a request (touching hits) and applies the
-        policy's admit_many answer for each run of misses, so the index is exact throughout and
-        the mirror is reloaded only when the engine next reads it. A hit run goes whole to the
-        policy's own hit_many; a policy without one hears of each hit alone, C touching the
-        block just before, as the per-block engine would."""
+        """access_requests for one tier counted in blocks, with nothing pinned or held and no
+        moves recorded, driven from C: the index finds each run of a request (touching hits)
+        and applies the policy's answer for each run of misses (admit_many's, or the per-block
+        calls one at a time), so the index is exact throughout and the mirror is reloaded only
+        when the engine next reads it. A hit run goes whole to the policy's own hit_many; a
+        policy without one hears of each hit alone, C touching the block just before, as the
+        per-block engine would."""
         all_keys = keys.tolist()
         offsets = list(offsets) if not isinstance(offsets, np.ndarray) else offsets.tolist()
         if any(b < a for a, b in zip(offsets, offsets[1:])) or (
@@ -374,7 +378,7 @@ class KVStore:
         self.flush()
         self._stale = True
         h, policy = self._h, self.policy
-        admit_many = policy.admit_many
+        admit_many = policy.admit_many if self._runs_allowed else None
         hit_many = self._hit_many or policy.hit_by_block
         max_hit = len(all_keys) if self._hit_many else 1
         next_run = lib.cxl_index_next_run
@@ -393,14 +397,49 @@ class KVStore:
                 run = all_keys[pos:end]
                 if tier_out[0] < 0:
                     free = end - pos if cap_blocks < 0 else cap_blocks - resident
-                    victims = admit_many(0, run, pos - lo, parent, free)
-                    resident += self._admit_in_c(keys_ptr, pos, run, nbytes, free, victims)
+                    if admit_many is None:
+                        resident += self._misses_by_block_in_c(run, pos - lo, parent, nbytes, free)
+                    else:
+                        victims = admit_many(0, run, pos - lo, parent, free)
+                        resident += self._admit_in_c(keys_ptr, pos, run, nbytes, free, victims)
                 else:
                     stop = hit_many(0, run, pos - lo, parent)
                     if stop is not None:          # with one tier every hit stays where it is
                         self._refuse_move(run, stop)
                 parent, pos = run[-1], end
         return out[offsets[0]:offsets[-1]] if offsets else out[:0]
+
+    def _misses_by_block_in_c(self, run: list[int], first_pos: int, parent, nbytes: int,
+                              free: int) -> int:
+        """A run of misses for a policy without admit_many: the per-block calls (victim,
+        on_remove, on_insert), each change applied to C at once so the view stays exact.
+        Returns the number of blocks the tier gained."""
+        policy, h = self.policy, self._h
+        victim_of, on_remove, on_insert = policy.victim, policy.on_remove, policy.on_insert
+        remove, insert = lib.cxl_index_remove_from, lib.cxl_index_insert
+        added = 0
+        for pos, key in enumerate(run, first_pos):
+            if free > 0:
+                free -= 1
+            else:
+                try:
+                    victim = victim_of(0)
+                except LookupError:            # everything pinned: the block is not cached
+                    parent = key
+                    continue
+                try:
+                    refused = remove(h, victim, 0)
+                except (TypeError, OverflowError):
+                    refused = True
+                if refused:
+                    self._bad_victim(0, victim)
+                on_remove(victim, 0)
+                added -= 1
+            _core.check(insert(h, key, 0, nbytes, -1))
+            on_insert(key, 0, pos, parent)
+            added += 1
+            parent = key
+        return added
 
     def _refuse_move(self, run: list[int], stop) -> None:
         try:
