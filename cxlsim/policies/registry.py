@@ -1,7 +1,9 @@
 """Policy registry: one decorator registers a class by name; names resolve to classes.
 
-Third-party policies need no registration: `get_policy("mypkg.mymod:MyPolicy")` imports the class,
-and packages may expose policies through the `cxlsim.policies` entry-point group.
+Third-party policies need no registration: `policy_class("mypkg.mymod:MyPolicy")` (and so
+`--policy mypkg.mymod:MyPolicy`) imports the class, and packages may expose policies by name
+through the `cxlsim.policies` entry-point group. A name given with @register is known once its
+module is imported: the built-ins are imported by `cxlsim/policies/__init__.py`.
 """
 from __future__ import annotations
 
