@@ -200,17 +200,14 @@ class BlockIndex:
 class IndexView:
     """Read-only view of a BlockIndex: what a policy may look at."""
 
-    __slots__ = ("_index", "_h", "_pins", "tier_names")
+    __slots__ = ("_index", "_h", "_pins", "tier_names", "n_tiers")
 
     def __init__(self, index: BlockIndex):
         self._index = index
         self._h = index._h
         self._pins = index.pins
         self.tier_names = index.tier_names
-
-    @property
-    def n_tiers(self) -> int:
-        return len(self.tier_names)
+        self.n_tiers = len(self.tier_names)   # an attribute: demote_to reads it per victim
 
     def tier_of(self, key: int) -> int:
         """Tier holding key, or -1."""

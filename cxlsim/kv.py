@@ -143,6 +143,7 @@ class KVStore:
         policy.attach(self.view)
         self._runs_allowed = self._allow_runs()
         self._hit_many = self._allowed_hit_many()
+        self._demotes_down = type(policy).demote_to is Policy.demote_to   # victims go one tier down
         # cache-only replays over one tier counted in blocks may be driven from C
         # (_access_by_c_runs): a victim can only be dropped, one per block admitted
         cap_bytes, cap_blocks = self._caps[0]
@@ -585,15 +586,19 @@ class KVStore:
         if self._stale:                      # inline: this and make_room recurse per victim
             self._load_mirror()
         nbytes = self._where[key][1]
-        pins = self._pins
-        pins[key] = pins.get(key, 0) + 1     # held: policies must not pick it while room is made
-        try:
+        if dst > src and self._demotes_down:
+            # room made below cascades further down only: src, and the block, stay out of it
             ok = self.make_room(dst, nbytes)
-        finally:
-            if pins[key] == 1:
-                del pins[key]
-            else:
-                pins[key] -= 1
+        else:
+            pins = self._pins
+            pins[key] = pins.get(key, 0) + 1  # held: policies must not pick it while room is made
+            try:
+                ok = self.make_room(dst, nbytes)
+            finally:
+                if pins[key] == 1:
+                    del pins[key]
+                else:
+                    pins[key] -= 1
         if not ok:
             return False
         self._ops.extend((key, MOVE | dst << _TIER_SHIFT))
@@ -624,7 +629,8 @@ class KVStore:
         if (cap_bytes and nbytes > cap_bytes) or cap_blocks == 0:
             return False
         policy, pins, where = self.policy, self._pins, self._where
-        can_demote = self.n_tiers > 1          # with one tier a victim can only leave
+        n_tiers = self.n_tiers
+        can_demote = n_tiers > 1               # with one tier a victim can only leave
         while not ((not cap_bytes or used[tier] + nbytes <= cap_bytes)
                    and (cap_blocks < 0 or blocks[tier] < cap_blocks)):
             try:
@@ -636,7 +642,9 @@ class KVStore:
                 self._bad_victim(tier, victim)
             if can_demote:
                 dest = policy.demote_to(victim, tier)
-                if dest is not None and self.relocate(victim, tier, self._tier(dest, "demote_to")):
+                if dest is not None and (type(dest) is not int or not 0 <= dest < n_tiers):
+                    self._tier(dest, "demote_to")
+                if dest is not None and self.relocate(victim, tier, dest):
                     continue
             vbytes = entry[1]
             self._ops.extend((victim, REMOVE | tier << _TIER_SHIFT))
