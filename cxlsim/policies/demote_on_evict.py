@@ -23,6 +23,9 @@ class DemoteOnEvict(LRU):
 
     def victim(self, tier):
         order, pinned = self.lists[tier], self.view.pinned
+        oldest = next(iter(order), None)
+        if oldest is not None and oldest not in pinned:
+            return oldest                    # the common case
         # the pinned blocks at the old end, found and moved without a Python step per block
         in_use = list(takewhile(pinned.__contains__, order))
         if len(in_use) == len(order):
