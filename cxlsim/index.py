@@ -207,7 +207,8 @@ class IndexView:
         self._h = index._h
         self._pins = index.pins
         self.tier_names = index.tier_names
-        self.n_tiers = len(self.tier_names)   # an attribute: demote_to reads it per victim
+        self.n_tiers = len(self.tier_names)   # read-only by contract; an attribute because
+                                              # demote_to reads it for every victim
 
     def tier_of(self, key: int) -> int:
         """Tier holding key, or -1."""

@@ -327,3 +327,35 @@ def test_every_policy_decides_alike_driven_from_c_or_through_the_mirror(name):
         results.append((out.tolist(), sorted(store.index.tier_keys(0).tolist())))
     assert results[0] == results[1]
     assert 0.05 < np.mean(np.array(results[0][0]) >= 0) < 0.95
+
+
+def test_a_demote_to_set_on_the_instance_keeps_a_moving_block_held():
+    """relocate skips holding a block that moves down only for the base class's demote_to; one
+    set on the instance may send the cascade back up to the block's own tier."""
+    class DemoteOnHit(LRU):
+        def on_hit(self, key, tier, pos, parent):
+            super().on_hit(key, tier, pos, parent)
+            return 1 if key == 1 else tier
+
+    policy = DemoteOnHit()
+    policy.demote_to = lambda key, tier: 1 - tier        # victims swap tiers
+    index = BlockIndex([TierSpec("a", capacity_blocks=1), TierSpec("b", capacity_blocks=1)])
+    store = KVStore(index, policy, record_moves=True)
+    store.access(2, 1)
+    store.access(1, 1)                                   # 2 went down to b, 1 is in a
+    # 1 moves down; room in b would send 2 up, but a holds only 1, held: 2 is dropped
+    store.access(1, 1)
+    store.flush()
+    assert (index.tier_keys(0).tolist(), index.tier_keys(1).tolist()) == ([], [1])
+    assert store.drops == [(2, 1, 1)]
+    assert (store.view.usage(0), store.view.usage(1)) == ((0, 0), (1, 1))
+
+
+def test_the_view_checks_a_tier_alike_with_a_fresh_or_a_stale_mirror():
+    store = KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=4)]), LRU())
+    for _ in range(2):
+        assert store.view.usage("hbm") == store.view.usage(0)
+        for bad in (1, -1):
+            with pytest.raises(ValueError, match="out of range"):
+                store.view.usage(bad)
+        store.access_requests(np.array([1], np.uint64), [0, 1], 1)   # now the mirror is stale

@@ -22,9 +22,10 @@ of the block before it (None for pos 0), `nbytes` its size, tiers are ints (0 = 
 `self.view.tier_names`).
 
 What a policy may read: `self.view` (an IndexView: tier_of, is_pinned, pinned, fits, bytes_of,
-usage, info, tier_stats) and its own state. All but the last two are cheap; info and tier_stats may make the
-engine flush queued changes to C, so keep them out of per-block paths. What it must never do: change the index, return a pinned or non-resident
-victim, or rely on being told about blocks the engine pins or unpins (pinning is the engine's).
+usage, info, tier_stats) and its own state. All but the last two are cheap; info and tier_stats
+may make the engine flush queued changes to C, so keep them out of per-block paths. What it must
+never do: change the index, return a pinned or non-resident victim, or rely on being told about
+blocks the engine pins or unpins (pinning is the engine's).
 Policies must be deterministic: the same calls in the same order give the same answers.
 
 Runs of misses (optional, for speed): calls cost more than most policies' own work, and most
