@@ -912,7 +912,8 @@ int cxl_index_lookup_batch(cxl_index *x, const uint64_t *keys, int32_t *tiers, i
 
 int cxl_index_bytes_batch(cxl_index *x, const uint64_t *keys, int64_t *bytes, int64_t n)
 {
-    if (!x || n < 0 || (n && (!keys || !bytes))) return cxl_fail(CXL_EINVAL, "index: NULL array");
+    if (!x || n < 0 || (n && (!keys || !bytes)))
+        return cxl_fail(CXL_EINVAL, "index: NULL array");
     for (int64_t i = 0; i < n; i++) bytes[i] = cxl_index_bytes_of(x, keys[i]);
     return CXL_OK;
 }

@@ -154,7 +154,8 @@ uint64_t cxl_index_memory_bytes(cxl_index *x);
 
 int cxl_index_lookup(cxl_index *x, uint64_t key, int32_t *tier);           /* tier -1: absent */
 int cxl_index_lookup_batch(cxl_index *x, const uint64_t *keys, int32_t *tiers, int64_t n);
-int cxl_index_bytes_batch(cxl_index *x, const uint64_t *keys, int64_t *bytes, int64_t n); /* -1: absent */
+/* bytes[i]: the size of resident block keys[i], -1 if absent. */
+int cxl_index_bytes_batch(cxl_index *x, const uint64_t *keys, int64_t *bytes, int64_t n);
 /* Infallible forms for the per-block Python path (x must be a live index, tier in range). */
 int32_t cxl_index_tier_of(cxl_index *x, uint64_t key);                     /* -1: absent */
 int32_t cxl_index_fits_now(cxl_index *x, int32_t tier, uint32_t bytes);    /* 1: fits */
