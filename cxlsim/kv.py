@@ -181,7 +181,8 @@ class KVStore:
             self._load_mirror()
 
     def tier_of(self, key: int) -> int:
-        self._sync()
+        if self._stale:                      # inline: serving engines ask once per block
+            self._load_mirror()
         return self._where.get(key, _GONE)[0]
 
     def bytes_of(self, key: int) -> int:
@@ -247,7 +248,8 @@ class KVStore:
         """One block access: the tier that hit, or -1 for a miss (the block is then inserted
         where the policy places it, unless no room can be made there)."""
         _check_size(nbytes)                  # before anything is evicted for it
-        self._sync()
+        if self._stale:
+            self._load_mirror()
         if len(self._ops) >= 2 * FLUSH_EVERY:
             self.flush()
         return self._access(key, self._where.get(key, _GONE)[0], nbytes, pos, parent)
