@@ -16,8 +16,8 @@ from cxlsim.policies.lru import LRU
 
 
 class BlockByBlockLRU(LRU):
-    """The same LRU without the fast path: the engine makes every per-block call."""
-    admit_many = None
+    """The same LRU without the run methods: the engine makes every per-block call."""
+    admit_many = hit_many = None
 
 
 class MRU(Policy):
@@ -139,10 +139,12 @@ def test_wrong_victims_are_refused_when_c_drives_the_runs(answer, message):
 
 def test_c_runs_and_per_block_calls_mix():
     """access() between runs driven from C sees the index those runs left (the mirror is
-    reloaded), and the whole sequence decides as the per-block engine does."""
+    reloaded), and the whole sequence decides as the per-block engine through the mirror
+    (recording moves keeps it there) does."""
     rng = np.random.default_rng(3)
     fast = KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=40)]), LRU())
-    slow = KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=40)]), BlockByBlockLRU())
+    slow = KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=40)]), BlockByBlockLRU(),
+                   record_moves=True)
     for _ in range(30):
         keys, offsets = _arrays([rng.integers(1, 120, 12).tolist() for _ in range(3)])
         assert (fast.access_requests(keys, offsets, 1) ==
@@ -194,8 +196,9 @@ def test_a_subclass_that_changes_victim_is_not_bypassed_by_the_inherited_fast_pa
             return next(reversed(self.lists[tier]))
 
     keys, offsets = _arrays([[1, 2, 3], [4, 5], [1, 2, 3]])
-    assert _run(EvictNewest(), 3, keys, offsets) == _run(
-        type("EvictNewestByBlock", (EvictNewest,), {"admit_many": None})(), 3, keys, offsets)
+    assert _run(EvictNewest(), 3, keys, offsets)[:2] == _run(
+        type("EvictNewestByBlock", (EvictNewest,), {"admit_many": None})(), 3, keys, offsets,
+        (), True)[:2]
     assert _run(EvictNewest(), 3, keys, offsets)[1] == [1, 3, 5]
 
 
@@ -236,7 +239,7 @@ def test_long_requests_with_repeats_split_into_runs_decide_the_same():
     keys, offsets = _arrays(reqs)
     for capacity in (50, 150, 1000):
         assert _run(LRU(), capacity, keys, offsets)[:2] == \
-            _run(BlockByBlockLRU(), capacity, keys, offsets)[:2]
+            _run(BlockByBlockLRU(), capacity, keys, offsets, (), True)[:2]
 
 
 def test_bad_offsets_are_refused_before_c_reads_anything():
@@ -248,8 +251,8 @@ def test_bad_offsets_are_refused_before_c_reads_anything():
     assert store.view.usage(0) == (0, 0)
     # requests covering part of the keys: one result per covered block, as block by block
     assert store.access_requests(keys, [2, 4], 1).tolist() == \
-        KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=4)]),
-                BlockByBlockLRU()).access_requests(keys, [2, 4], 1).tolist() == [-1, -1]
+        KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=4)]), BlockByBlockLRU(),
+                record_moves=True).access_requests(keys, [2, 4], 1).tolist() == [-1, -1]
 
 
 class _CountsTouches(LRU):
@@ -270,7 +273,7 @@ def test_a_policy_without_hit_many_sees_each_hit_touched_alone():
     fast = KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=4)]), _CountsTouches())
     fast.access_requests(keys, offsets, 1)
     slow = KVStore(BlockIndex([TierSpec("hbm", capacity_blocks=4)]),
-                   type("ByBlock", (_CountsTouches,), {"admit_many": None})())
+                   type("ByBlock", (_CountsTouches,), {"admit_many": None})(), record_moves=True)
     slow.access_requests(keys, offsets, 1)
     assert fast.policy.freqs == slow.policy.freqs == [2, 3, 4]
 
@@ -283,7 +286,7 @@ def test_numpy_victims_are_accepted():
 
     keys, offsets = _arrays([[1, 2, 3], [4, 5], [1, 6]])
     assert _run(NumpyVictims(), 3, keys, offsets)[:2] == \
-        _run(BlockByBlockLRU(), 3, keys, offsets)[:2]
+        _run(BlockByBlockLRU(), 3, keys, offsets, (), True)[:2]
 
 
 def test_the_view_answers_alike_with_a_fresh_or_a_stale_mirror():
