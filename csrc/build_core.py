@@ -8,7 +8,7 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["errors.c", "keytab.c", "fabric.c", "coherence.c", "blockindex.c"]
+SOURCES = ["errors.c", "keytab.c", "fabric.c", "coherence.c", "blockindex.c", "mailbox.c"]
 
 ffibuilder = FFI()
 ffibuilder.cdef((HERE / "cxlsim_api.h").read_text())

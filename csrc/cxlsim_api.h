@@ -216,3 +216,14 @@ int cxl_index_tier_stats(cxl_index *x, int32_t tier, cxl_tier_stats *out);
  * everything pinned) is not cached. out_tier[i] is the tier that hit, or -1 for a miss. */
 int cxl_index_access_batch(cxl_index *x, const uint64_t *keys, const uint32_t *bytes,
                            uint32_t default_bytes, int64_t n, int32_t flags, int8_t *out_tier);
+
+/* ------------------------------------------------------------------ shared-memory mailbox */
+/* Words in memory shared between processes (cxlsim/pool/mailbox.py), all accessed with
+ * sequentially consistent atomics. post: store *len_word = len, then *seq_word = seq, then
+ * return *peer_sleeping (nonzero: the peer sleeps on its socket and must be rung). wait: poll
+ * until *word == value (returns 1) or for spin_s seconds (returns 0), without sleeping. */
+uint64_t cxl_mbox_load(const uint64_t *word);
+void cxl_mbox_store(uint64_t *word, uint64_t value);
+uint64_t cxl_mbox_post(uint64_t *len_word, uint64_t len, uint64_t *seq_word, uint64_t seq,
+                       const uint64_t *peer_sleeping);
+int cxl_mbox_wait(const uint64_t *word, uint64_t value, double spin_s);

@@ -26,14 +26,20 @@ import time
 import numpy as np
 import zmq
 
+from .._core import ffi
 from ..errors import PoolError, ProtocolError
 from . import protocol as P
 from .api import PoolDelta, PoolOp
 from .endpoint import check_endpoint, is_loopback_endpoint
 from .local import as_bytes
+from .mailbox import DATA_START, Mailbox
 from .shm import DEFAULT_WINDOW_BYTES, ShmWindow
-from .stream import (CLIENT_SPIN_US, STREAM_GONE, MessageReader, recv_message, send_message,
-                     spin_budget_s, tune, wait_in_kernel)
+from .stream import (CLIENT_SPIN_US, DOORBELL, STREAM_GONE, WAIT_SLICE_S, MessageReader,
+                     is_doorbell, recv_message, send_message, spin_budget_s, tune, wait_in_kernel)
+
+# requests that never go through the mailbox: exchange waits for other hosts (heartbeats and
+# notices travel beside it on the stream), and detach closes the stream its doorbell would use
+STREAM_ONLY = frozenset({"exchange", "detach"})
 
 
 def _buffer(data):
@@ -57,6 +63,9 @@ class PoolClient:
         check_endpoint(endpoint, binding=False)
         if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s < math.inf):
             raise PoolError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+        if use_shm and not (isinstance(shm_bytes, int) and shm_bytes > DATA_START):
+            raise PoolError(f"shm_bytes must be an integer above {DATA_START} (the window's "
+                            f"mailbox comes first), got {shm_bytes!r}")
         self.endpoint = endpoint
         self.host_id = host_id
         self.timeout_s = float(timeout_s)
@@ -68,6 +77,8 @@ class PoolClient:
         self._ctx = zmq.Context()
         self._sock = None
         self._stream = None                 # the local stream, once attached over one
+        self._mailbox = None                # requests through the window (mailbox.py), with it
+        self._lent = False                  # block_buffers handed out views of the window
         self._want_stream = use_stream
         self._seq = 0
         self._horizon_ns = math.inf        # earliest next event of the other hosts, last we heard
@@ -99,10 +110,18 @@ class PoolClient:
         sock.connect(self.endpoint)
         self._sock = sock
 
-    def _send(self, cmd: str, args: dict, frames=()) -> int:
+    def _send(self, cmd: str, args: dict, frames=(), mailbox_ok: bool = False) -> int:
+        """Send a request; its id. With mailbox_ok, it goes through the mailbox where it can
+        (`self._mailed` says whether it did)."""
         self._last_request = time.monotonic()
         self._seq += 1
         header = P.encode_request(self._seq, cmd, args)
+        box = self._mailbox
+        self._mailed = mailbox_ok and box is not None and not frames and box.fits(header)
+        if self._mailed:
+            if box.post(self._seq, header):          # the server sleeps: ring its stream
+                self._ring(cmd)
+            return self._seq
         if self._stream is not None:
             try:
                 send_message(self._stream, [header, *frames], self.timeout_s)
@@ -113,6 +132,14 @@ class PoolClient:
         else:
             self._sock.send_multipart([header, *frames], copy=False)
         return self._seq
+
+    def _ring(self, cmd: str) -> None:
+        try:
+            send_message(self._stream, DOORBELL, self.timeout_s)
+        except OSError as exc:
+            self._drop_stream()
+            raise PoolError(f"pool server {self.endpoint}: local stream failed while "
+                            f"sending {cmd} ({exc}): {STREAM_GONE}") from None
 
     def _next_message(self, deadline: float, spin_s: float = 0.0):
         """The next reply's frames (buffers), or None at the deadline."""
@@ -129,7 +156,10 @@ class PoolClient:
 
     @property
     def transport(self) -> str:
-        """How requests travel now: "stream" (local Unix socket) or "zeromq"."""
+        """How requests travel now: "mailbox" (through the shared-memory window, mailbox.py),
+        "stream" (local Unix socket) or "zeromq"."""
+        if self._mailbox is not None:
+            return "mailbox"
         return "stream" if self._stream is not None else "zeromq"
 
     def _open_stream(self, path: str, token: str) -> None:
@@ -152,8 +182,13 @@ class PoolClient:
             sock.close()
             return
         self._stream, self._stream_reader, self._stream_pending = sock, reader, pending
+        if self.window is not None:          # the server opens its side as the stream binds
+            self._mailbox = Mailbox(self.window, "host")
 
     def _drop_stream(self) -> None:
+        if self._mailbox is not None:        # no doorbell without the stream
+            self._mailbox.close()
+            self._mailbox = None
         if self._stream is not None:
             self._stream.close()
             self._stream = None
@@ -175,27 +210,64 @@ class PoolClient:
             frames = self._next_message(deadline, spin_s)
             if frames is None:
                 return None
-            try:
-                msg = P.decode_reply(frames[0])
-            except ProtocolError as exc:
-                raise PoolError(f"pool server {self.endpoint}: bad reply to {cmd}: {exc}") from None
+            if is_doorbell(frames):           # a late ring from a mailbox reply: nothing to read
+                continue
+            msg = self._decode(frames[0], cmd)
             if msg.get("id") != want_id:
                 if others is not None and others(msg):
                     return None
                 continue
-            if not msg["ok"]:
-                err = msg["error"]
-                raise PoolError(f"pool server {self.endpoint}: {cmd} refused "
-                                f"[{err['code']}]: {err['message']}")
-            return msg.get("result"), frames[1:]
+            return self._result(msg, cmd), frames[1:]
+
+    def _decode(self, raw, cmd: str) -> dict:
+        try:
+            return P.decode_reply(raw)
+        except ProtocolError as exc:
+            raise PoolError(f"pool server {self.endpoint}: bad reply to {cmd}: {exc}") from None
+
+    def _result(self, msg: dict, cmd: str):
+        if not msg["ok"]:
+            err = msg["error"]
+            raise PoolError(f"pool server {self.endpoint}: {cmd} refused "
+                            f"[{err['code']}]: {err['message']}")
+        return msg.get("result")
+
+    def _recv_mailed(self, want_id: int, deadline: float, cmd: str):
+        """Reply to request want_id, sent through the mailbox, or None at the deadline: poll the
+        mailbox for spin_s, then sleep on the stream until the server rings."""
+        box = self._mailbox
+        if not box.wait(want_id, self.spin_s):
+            held = []                # stream messages that are not doorbells: _recv's to read
+            box.sleeping(True)
+            try:
+                while box.inbound_seq() != want_id:
+                    now = time.monotonic()
+                    if now >= deadline:
+                        return None
+                    frames = self._next_message(min(deadline, now + WAIT_SLICE_S))
+                    if frames is not None and not is_doorbell(frames):
+                        held.append(frames)
+            finally:
+                box.sleeping(False)
+                self._stream_pending[:0] = held
+        raw = box.read()
+        if not raw:                  # the reply did not fit the mailbox: it is on the stream
+            return self._recv(want_id, deadline, cmd)
+        msg = self._decode(raw, cmd)
+        if msg.get("id") != want_id:
+            raise PoolError(f"pool server {self.endpoint}: the mailbox reply to {cmd} answers "
+                            f"request {msg.get('id')!r}, not {want_id}")
+        return self._result(msg, cmd), []
 
     def _call(self, cmd: str, args: dict, frames=()):
         return self._call_frames(cmd, args, frames)[0]
 
     def _call_frames(self, cmd: str, args: dict, frames=()):
         with self._lock:
-            req = self._send(cmd, args, frames)
-            got = self._recv(req, time.monotonic() + self.timeout_s, cmd, spin_s=self.spin_s)
+            req = self._send(cmd, args, frames, mailbox_ok=cmd not in STREAM_ONLY)
+            deadline = time.monotonic() + self.timeout_s
+            got = self._recv_mailed(req, deadline, cmd) if self._mailed else \
+                self._recv(req, deadline, cmd, spin_s=self.spin_s)
             if got is None:
                 raise self._timeout(cmd)
             return got
@@ -317,14 +389,22 @@ class PoolClient:
         items = [(int(k), _buffer(d)) for k, d in items]
         limit = self.server_info.get("max_frame_bytes", P.DEFAULT_MAX_FRAME_BYTES)
         for key, buf in items:            # refused up front: the server would cut us off
-            if len(buf) > limit and not (self.window is not None and len(buf) <= self.window.size):
+            if len(buf) > limit and not (self.window is not None and len(buf) <= self._room):
                 raise PoolError(f"put: block {key} is {len(buf)} B; this server takes blocks up "
                                 f"to {limit} B (cxlsim pool serve --max-frame-bytes)")
         out: list[str | None] = []
+        if self._lent:
+            lent = self._lent_places(items)
+            if lent is not None:         # written in place: no copy at all
+                for i in range(0, len(items), P.MAX_BATCH):
+                    out += self._call("put", {"keys": [k for k, _ in items[i:i + P.MAX_BATCH]],
+                                              "shared": bool(shared),
+                                              "shm": lent[i:i + P.MAX_BATCH]})
+                items = []
         for chunk, use_window in self._chunks(items):
             keys = [k for k, _ in chunk]
             if use_window:
-                places, off = [], 0
+                places, off = [], DATA_START
                 for _, buf in chunk:
                     n = len(buf)
                     self.window.buf[off:off + n] = buf
@@ -334,18 +414,66 @@ class PoolClient:
             else:
                 out += self._call("put", {"keys": keys, "shared": bool(shared), "shm": None},
                                   [buf for _, buf in chunk])
-        if raise_on_error:
+        if raise_on_error and any(out):
             self._raise_items("put", [k for k, _ in items], out)
         return out
 
+    def block_buffers(self, sizes) -> list[memoryview]:
+        """Writable views into this host's shared-memory window, one per size, laid out as one
+        put through the window would lay them out. Write the blocks into them (numpy:
+        `np.frombuffer(view, dtype)`) and pass the views to put or put_many: the bytes then reach
+        the pool with no copy on this side (the server makes the one copy into pool memory).
+        The views are valid until this client's next put or get, which may reuse the window."""
+        if self.window is None:
+            raise PoolError("block_buffers needs a shared-memory window: a client on the pool "
+                            "server's machine with use_shm")
+        sizes = [int(n) for n in sizes]
+        if sum(sizes) > self._room or any(n < 1 for n in sizes) or len(sizes) > P.MAX_BATCH:
+            raise PoolError(f"block_buffers: {len(sizes)} sizes of {sum(sizes)} B in all; the "
+                            f"window holds up to {P.MAX_BATCH} blocks of >= 1 B and "
+                            f"{self._room} B in all (PoolClient(shm_bytes=...))")
+        views, off = [], DATA_START
+        for n in sizes:
+            views.append(self.window.buf[off:off + n])
+            off += n
+        self._lent = True
+        return views
+
+    def _lent_places(self, items) -> list | None:
+        """[offset, nbytes] of each item's buffer in the window's data area, when every buffer
+        lies there (views from block_buffers); else None, after copying out any that do, since
+        laying out the others could overwrite them."""
+        base = int(ffi.cast("uintptr_t", ffi.from_buffer(self.window.buf)))
+        lo, hi = base + DATA_START, base + self.window.size
+        places = []
+        for i, (key, buf) in enumerate(items):
+            at = int(ffi.cast("uintptr_t", ffi.from_buffer(buf)))
+            places.append([at - base, len(buf)] if lo <= at and at + len(buf) <= hi else None)
+        if all(places):
+            return places
+        for i, place in enumerate(places):
+            if place is not None:
+                items[i] = (items[i][0], bytes(items[i][1]))
+        return None
+
+    @property
+    def _room(self) -> int:
+        """Bytes of blocks one request can carry through the window (its data area)."""
+        return self.window.size - DATA_START
+
     def _chunks(self, items):
         """Split a batch so each request fits the window, or the frame limits of sockets."""
-        limit = self.window.size if self.window is not None else \
+        if self.window is not None and len(items) <= P.MAX_BATCH \
+                and sum(len(b) for _, b in items) <= self._room:
+            if items:
+                yield items, True        # the usual case: one request through the window
+            return
+        limit = self._room if self.window is not None else \
             self.server_info.get("max_frame_bytes", P.DEFAULT_MAX_FRAME_BYTES)
         chunk, size, chunk_window = [], 0, False   # chunk_window: the open chunk uses the window
         for item in items:
             n = len(item[1])
-            fits_window = self.window is not None and n <= self.window.size
+            fits_window = self.window is not None and n <= self._room
             if chunk and (size + n > limit or len(chunk) == P.MAX_BATCH
                           or fits_window != chunk_window):
                 yield chunk, chunk_window

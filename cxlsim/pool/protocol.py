@@ -21,7 +21,7 @@ import msgpack
 
 from ..errors import ProtocolError
 
-VERSION = 3
+VERSION = 4
 MAX_HEADER_BYTES = 16 << 20         # a header larger than this is refused before decoding
 DEFAULT_MAX_FRAME_BYTES = 64 << 20  # data frames (one block each); the server may lower it
 MAX_BATCH = 1 << 16                 # keys per batched request

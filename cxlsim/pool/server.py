@@ -32,13 +32,18 @@ from . import protocol as P
 from .api import PoolOp
 from .endpoint import check_endpoint, is_loopback_endpoint
 from .local import LocalPool
+from .mailbox import DATA_START, Mailbox
 from .shm import ShmWindow
-from .stream import SERVER_SPIN_US, MessageReader, send_message, spin_budget_s, tune
+from .stream import (DOORBELL, SERVER_SPIN_US, MessageReader, is_doorbell, send_message,
+                     spin_budget_s, tune)
 
 POLL_MS = 50
 HELLO_BYTES = 256              # a stream hello is far smaller
 HELLO_WAIT_S = 2.0             # an unbound stream is closed after this long
 MAX_UNBOUND_STREAMS = 64
+# while polling, mailboxes are looked at this often per look at the sockets: a look at a mailbox
+# costs well under a microsecond, a poll of the sockets a few
+MAIL_LOOKS = 16
 ACTIVE_S = 0.01                # a host that sent nothing for this long is idle (no polling for it)
 
 
@@ -58,6 +63,16 @@ class _Conn:
     token: str = ""                      # what this host presents to bind a local stream
     stream: "_Stream | None" = None      # when bound, every reply goes there
     released: float = 0.0                # when a barrier last released it (it runs from then)
+    mailbox: Mailbox | None = None       # with a window and a bound stream (mailbox.py)
+    mail_seen: int = 0                   # sequence number of the last mailbox request taken
+    ident: bytes = b""
+
+
+@dataclass
+class _MailReply:
+    """Where the reply to a request that came through a host's mailbox goes."""
+    conn: _Conn
+    seq: int
 
 
 class _Stream:
@@ -129,12 +144,13 @@ class PoolServer:
         if self._listener is not None:
             poller.register(self._listener, zmq.POLLIN)
         next_reap = 0.0
-        events = []
+        busy = False
         while not self._stop and (end is None or time.monotonic() < end):
             # right after work, the next request is likely close behind: poll for it
-            events = self._spin(poller) if events and self.spin_s else []
-            if not events:
-                events = poller.poll(POLL_MS)
+            events = self._spin(poller) if busy and self.spin_s else []
+            if not events and not self._mail_waiting():
+                events = self._sleep(poller)
+            busy = self._serve_mail() or bool(events)
             for what, _ in events:
                 if what is self.sock:
                     # drain what is queued, but keep reaping even under a flood
@@ -164,18 +180,82 @@ class PoolServer:
         return 0 < active < self._cores
 
     def _spin(self, poller) -> list:
-        """Poll without sleeping for up to spin_s when _should_spin; the events, or []."""
+        """Poll without sleeping for up to spin_s when _should_spin; the events, or [] (also
+        as soon as a mailbox has a request)."""
         if not self._should_spin():
             return []
         until = time.perf_counter() + self.spin_s
         while time.perf_counter() < until and not self._stop:
+            for _ in range(MAIL_LOOKS if self._mail_conns else 0):
+                if self._mail_waiting():
+                    return []
             events = poller.poll(0)
             if events:
                 return events
         return []
 
+    def _sleep(self, poller) -> list:
+        """Wait up to POLL_MS for the sockets. Hosts with a mailbox see the server's sleeping
+        word raised meanwhile and ring its stream when they post (mailbox.py)."""
+        boxes = [c.mailbox for c in self._mail_conns]
+        for box in boxes:
+            box.sleeping(True)
+        try:
+            if self._mail_waiting():        # posted before the word went up
+                return []
+            return poller.poll(POLL_MS)
+        finally:
+            for box in boxes:
+                box.sleeping(False)
+
+    # ------------------------------------------------------------------ mailboxes
+    def _mail_waiting(self) -> bool:
+        return any(c.mailbox.inbound_seq() != c.mail_seen for c in self._mail_conns)
+
+    def _serve_mail(self) -> bool:
+        """Handle the request waiting in each host's mailbox, if any; whether there was one."""
+        served = False
+        for conn in list(self._mail_conns):
+            box = conn.mailbox
+            if box is None:                  # dropped by an earlier request of this round
+                continue
+            seq = box.inbound_seq()
+            if seq == conn.mail_seen:
+                continue
+            conn.mail_seen = seq
+            served = True
+            raw = box.read()
+            via = _MailReply(conn, seq)
+            if raw is None:
+                self._via = via
+                self._error(conn.ident, None, P.E_FRAME, "mailbox request length is out of range")
+                continue
+            self._handle(conn.ident, [raw], via)
+        return served
+
+    def _open_mailbox(self, conn: _Conn) -> None:
+        conn.mailbox = Mailbox(conn.window, "server")
+        conn.mail_seen = conn.mailbox.inbound_seq()     # whatever is there is not a request
+        self._mail_conns.append(conn)
+
+    def _close_mailbox(self, conn: _Conn) -> None:
+        if conn.mailbox is not None:
+            self._mail_conns.remove(conn)
+            conn.mailbox.close()
+            conn.mailbox = None
+
+    def _ring(self, conn: _Conn) -> None:
+        """Wake a host sleeping on its stream: its mailbox has a reply."""
+        if conn.stream is not None:
+            try:
+                send_message(conn.stream.sock, DOORBELL, self.heartbeat_timeout_s)
+            except (OSError, ValueError) as exc:
+                print(f"cxlsim pool: local stream closed ({exc})", file=self.log)
+                self._close_stream(conn.stream)
+
     def close(self) -> None:
         for conn in self._conns.values():
+            self._close_mailbox(conn)
             if conn.window is not None:
                 conn.window.close()
         self._conns.clear()
@@ -190,6 +270,7 @@ class PoolServer:
     # ------------------------------------------------------------------ local streams
     def _open_stream_listener(self) -> None:
         self._streams: dict[int, _Stream] = {}            # by file descriptor
+        self._mail_conns: list[_Conn] = []                 # hosts with a mailbox
         self._poller = None
         # mkdtemp makes a directory only this user can enter: other users cannot even connect
         self._stream_dir = tempfile.mkdtemp(prefix="cxlsim-pool-")
@@ -229,6 +310,7 @@ class PoolServer:
         conn = self._conns.get(stream.ident) if stream.ident is not None else None
         if conn is not None and conn.stream is stream:
             conn.stream = None           # replies go back to ZeroMQ
+            self._close_mailbox(conn)    # its doorbell was this stream
         stream.sock.close()
 
     def _read_stream(self, stream: _Stream) -> None:
@@ -251,7 +333,7 @@ class PoolServer:
                 self._bind_stream(stream, frames)
                 if stream.ident is None:
                     return
-            else:
+            elif not is_doorbell(frames):    # a doorbell only wakes the loop: mailboxes are next
                 self._handle(stream.ident, frames, stream)
 
     def _bind_stream(self, stream: _Stream, frames) -> None:
@@ -271,15 +353,30 @@ class PoolServer:
                 stream.reader = MessageReader(stream.sock, limit,
                                               max_body_bytes=2 * limit + P.MAX_HEADER_BYTES,
                                               flags=socket.MSG_DONTWAIT)
+                if conn.window is not None:  # before the reply: the host may post right after
+                    self._open_mailbox(conn)
                 self._send(ident, P.encode_reply(None, {"stream": True}), (), stream)
                 return
         print("cxlsim pool: local stream without a valid token closed", file=self.log)
         self._close_stream(stream)
 
     # ------------------------------------------------------------------ replies
-    def _send(self, ident: bytes, header: bytes, frames=(), stream: _Stream | None = None
-              ) -> None:
-        """Reply over `stream` (the local stream the request came over) or else ZeroMQ."""
+    def _send(self, ident: bytes, header: bytes, frames=(), stream=None) -> None:
+        """Reply over `stream` (the local stream the request came over; a _MailReply for the
+        mailbox) or else ZeroMQ."""
+        if type(stream) is _MailReply:
+            conn, box = stream.conn, stream.conn.mailbox
+            if box is None:                  # the host's stream went meanwhile: ZeroMQ
+                stream = None
+            elif not frames and box.fits(header):
+                if box.post(stream.seq, header):
+                    self._ring(conn)
+                return
+            else:                            # too large for the mailbox: the stream, then say so
+                self._send(ident, header, frames, conn.stream)
+                if conn.mailbox is not None and conn.mailbox.post(stream.seq, b""):
+                    self._ring(conn)
+                return
         if stream is not None and stream.sock.fileno() in self._streams:
             try:
                 send_message(stream.sock, [header, *frames], self.heartbeat_timeout_s)
@@ -349,13 +446,18 @@ class PoolServer:
             raise PoolError(f"this connection is already attached as host "
                             f"{self._conns[ident].host}")
         window = ShmWindow.open(args["shm"]) if args["shm"] is not None else None
+        if window is not None and window.size <= DATA_START:
+            window.close(unlink=False)
+            raise PoolError(f"shm window of {window.size} B: it needs more than {DATA_START} B "
+                            f"(a mailbox, then the data area)")
         try:
             self.pool.attach(host, args["quota"])   # refuses a host id already attached
         except PoolError:
             if window is not None:
                 window.close(unlink=False)
             raise
-        conn = self._conns[ident] = _Conn(host, time.monotonic(), window, secrets.token_hex(16))
+        conn = self._conns[ident] = _Conn(host, time.monotonic(), window, secrets.token_hex(16),
+                                          ident=ident)
         self._by_host[host] = ident
         print(f"cxlsim pool: host {host} attached (quota {args['quota']} B, "
               f"shm {'yes' if window else 'no'})", file=self.log)
@@ -366,6 +468,7 @@ class PoolServer:
         conn = self._conns[ident]
         if conn.stream is not None:
             self._close_stream(conn.stream)
+        self._close_mailbox(conn)
         del self._conns[ident]
         self._by_host.pop(conn.host, None)
         self._waiting.pop(conn.host, None)
@@ -437,8 +540,9 @@ class PoolServer:
             if win is None:
                 raise PoolError("put: this host attached without a shm window")
             for off, n in args["shm"]:
-                if off + n > win.size:
-                    raise PoolError(f"put: [{off}, {off + n}) is outside the {win.size} B window")
+                if off < DATA_START or off + n > win.size:
+                    raise PoolError(f"put: [{off}, {off + n}) is outside the window's data area "
+                                    f"[{DATA_START}, {win.size})")
             # copy out of the window now: the host reuses it for its next request
             blobs = [win.buf[off:off + n].tobytes() for off, n in args["shm"]]
         else:
@@ -452,7 +556,7 @@ class PoolServer:
         win = conn.window
         if win is None:
             raise PoolError("get: this host attached without a shm window")
-        places, frames, off = [], [], 0
+        places, frames, off = [], [], DATA_START
         for blob in blobs:       # what fits goes through the window, the rest as frames
             if off + len(blob) <= win.size:
                 win.buf[off:off + len(blob)] = blob
@@ -488,6 +592,9 @@ class PoolServer:
         return None, ()
 
     def _cmd_exchange(self, ident, conn, req_id, args, data):
+        if type(self._via) is _MailReply:
+            raise PoolError("exchange: send it over the stream, not the mailbox (its reply "
+                            "waits for the other hosts)")
         host, quantum = conn.host, args["quantum"]
         if host in self._waiting and quantum == self._waiting[host][1]:
             self._waiting[host] = (req_id, quantum, self._via)   # a retry after a timeout

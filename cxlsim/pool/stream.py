@@ -42,6 +42,8 @@ WAIT_SLICE_S = 0.1                  # a waiting client checks its deadline this 
 CLIENT_SPIN_US = 300                # a client polls this long for a reply before it sleeps
 SERVER_SPIN_US = 1000               # the server polls this long for the next request
 MAX_SPIN_US = 50_000                # the most either may be asked to poll (then it sleeps)
+# a message of one empty frame: "look at your mailbox" (mailbox.py), sent either way
+DOORBELL = [b""]
 # why a server closes a host's stream, as a client can tell it: it cannot tell which
 STREAM_GONE = ("the server restarted, is down or stopped reading, or detached this host after "
                "a heartbeat timeout")
@@ -61,6 +63,10 @@ def message_prefix(frames) -> bytes:
     lengths = [len(memoryview(f).cast("B")) if not isinstance(f, bytes) else len(f)
                for f in frames]
     return struct.pack(f"<{len(lengths) + 1}I", len(lengths), *lengths)
+
+
+def is_doorbell(frames) -> bool:
+    return len(frames) == 1 and not len(frames[0])
 
 
 def spin_budget_s(spin_us: float, what: str) -> float:

@@ -1,0 +1,233 @@
+"""The mailbox (requests through a host's shared-memory window) and blocks written in place:
+requests and replies that fit go through the window, larger ones over the stream; a sleeping
+server or client is rung, never left waiting; a host scribbling on its own mailbox gets error
+replies and changes nothing; blocks written into block_buffers are stored without a copy."""
+import io
+import threading
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+
+import cxlsim.pool.client as client_module
+import cxlsim.pool.server as server_module
+from cxlsim._core import ffi, lib
+from cxlsim.errors import PoolError
+from cxlsim.pool import protocol as P
+from cxlsim.pool.client import PoolClient
+from cxlsim.pool.local import LocalPool
+from cxlsim.pool.mailbox import DATA_START, REPLY_BYTES, REQUEST_BYTES, Mailbox
+from cxlsim.pool.server import PoolServer
+from cxlsim.pool.shm import ShmWindow
+from pool_support import pool_server
+from test_pool_fuzz import malformed
+
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def server():
+    with pool_server(capacity_bytes=64 * MIB, extent_mib=1, heartbeat_s=60) as (ep, proc, log):
+        yield ep, proc, log
+
+
+@pytest.fixture
+def host(server):
+    opened = []
+
+    def make(host_id, **kw):
+        # no keep-alive thread: tests that post raw requests must be the mailbox's only user
+        c = PoolClient(server[0], host_id, timeout_s=5.0, use_shm=True, shm_bytes=4 * MIB,
+                       keepalive=False, **kw)
+        c.attach(host_id, 8 * MIB)
+        opened.append(c)
+        return c
+    yield make
+    for c in opened:
+        try:
+            c.detach(c.host_id)
+        except PoolError:
+            pass
+        c.close()
+
+
+def test_a_post_and_a_sleeper_never_miss_each_other():
+    window = ShmWindow.create(DATA_START + 4096)
+    try:
+        host, server = Mailbox(window, "host"), Mailbox(window, "server")
+        assert host.post(1, b"request") is False          # the server is awake: no ring
+        assert server.inbound_seq() == 1 and server.read() == b"request"
+        host.sleeping(True)
+        assert server.post(1, b"reply") is True           # the host sleeps: ring it
+        assert host.wait(1, 0.0) and host.read() == b"reply"
+        host.sleeping(False)
+        server.sleeping(True)
+        assert host.post(2, b"again") is True
+        assert not host.wait(3, 0.001)                    # nothing numbered 3 came
+        assert not host.fits(b"x" * (REQUEST_BYTES + 1)) and host.fits(b"x" * REQUEST_BYTES)
+        host.close()
+        server.close()
+    finally:
+        window.close()
+
+
+def test_requests_travel_through_the_mailbox_and_large_ones_over_the_stream(host):
+    c = host(1)
+    assert c.transport == "mailbox"
+    rng = np.random.default_rng(11)
+    blobs = [rng.bytes(64 << 10) for _ in range(8)]
+    c.put_many(1, [(100 + i, b) for i, b in enumerate(blobs)])
+    assert c._mailbox.inbound_seq() == c._seq          # that reply came through the mailbox
+    assert c.get_many(1, [100 + i for i in range(8)]) == blobs
+    assert c._mailbox.inbound_seq() == c._seq
+    # a request header larger than the request slot goes over the stream ...
+    many = list(range(10**6, 10**6 + 60_000))
+    assert len(P.encode_request(1, "lookup", {"keys": many})) > REQUEST_BYTES
+    before = c._mailbox.inbound_seq()
+    assert c.lookup(1, many) == 0
+    assert c._mailbox.inbound_seq() == before
+    # ... and a reply larger than the reply slot comes over the stream (an empty mailbox reply
+    # says so): 40,000 one-byte blocks, whose places in the window make a long reply
+    tiny = [(5000 + i, bytes([i % 256])) for i in range(40_000)]
+    c.put_many(1, tiny)
+    got = c.get_many(1, [k for k, _ in tiny])
+    assert len(P.encode_reply(1, [[DATA_START + i, 1] for i in range(40_000)])) > REPLY_BYTES
+    assert c._mailbox.inbound_seq() == c._seq and c._mailbox.read() == b""
+    assert got == [d for _, d in tiny]
+    assert c.transport == "mailbox" and c.lookup(1, [100, 101]) == 2
+
+
+def test_errors_come_back_through_the_mailbox(host):
+    c = host(2)
+    c.put(2, 1, b"mine")
+    with pytest.raises(PoolError, match=r"pin refused \[refused\]"):
+        c.pin(2, [999])
+    assert c._mailbox.inbound_seq() == c._seq
+    assert c.get(2, 1) == b"mine"
+
+
+def _raw_mail(c, seq, payload) -> dict:
+    """Post `payload` as request `seq` through c's mailbox and read the reply."""
+    if c._mailbox.post(seq, payload):     # the server sleeps: ring it, as a client does
+        c._ring("raw")
+    assert c._mailbox.wait(seq, 5.0), f"no mailbox reply to {payload[:200]!r}"
+    return msgpack.unpackb(c._mailbox.read(), raw=False)
+
+
+def test_a_host_scribbling_on_its_mailbox_gets_errors_and_changes_nothing(host):
+    c, other = host(3), host(4)
+    other.put(4, 7, b"other's", shared=False)
+    c.put(3, 8, b"shared", shared=True)
+    before = c.stats()
+    seq = c._seq + 100
+    exchange = P.encode_request(seq, "exchange", {"quantum": 0, "ops": [[], [], [], [], [], []],
+                                                  "next_ns": None})
+    rep = _raw_mail(c, seq, exchange)
+    assert rep["error"]["code"] == P.E_REFUSED and "not the mailbox" in rep["error"]["message"]
+    rep = _raw_mail(c, seq + 1, b"\xc1 not msgpack")
+    assert rep["ok"] is False and rep["error"]["code"] == P.E_FRAME
+    # a length word past the request slot
+    raw = ffi.from_buffer(c.window.buf)
+    words = ffi.cast("uint64_t *", raw)
+    lib.cxl_mbox_post(words + 1, REQUEST_BYTES + 1, words, seq + 3, words + 16)
+    assert c._mailbox.wait(seq + 3, 5.0)
+    rep = msgpack.unpackb(c._mailbox.read(), raw=False)
+    assert rep["error"]["code"] == P.E_FRAME and "out of range" in rep["error"]["message"]
+    ffi.release(raw)
+    # a valid put whose block lies in the mailbox, not the data area
+    put = P.encode_request(seq + 4, "put", {"keys": [9], "shared": False, "shm": [[0, 16]]})
+    rep = _raw_mail(c, seq + 4, put)
+    assert rep["error"]["code"] == P.E_REFUSED and "data area" in rep["error"]["message"]
+    c._seq = seq + 10                     # the client goes on after the numbers used above
+    assert c.stats() == before
+    assert other.get(4, 7) == b"other's" and c.get(3, 8) == b"shared"
+
+
+@settings(max_examples=30, deadline=None, database=None, phases=[Phase.generate],
+          suppress_health_check=list(HealthCheck))
+@given(st.lists(malformed(), min_size=100, max_size=100))
+def _fuzz_mailbox(c, sent, messages):
+    for frames in messages:
+        if len(frames) != 1 or len(frames[0]) > REQUEST_BYTES:
+            continue
+        sent[0] += 1
+        rep = _raw_mail(c, sent[0] + 1000, frames[0])
+        assert rep["ok"] is False, (frames, rep)
+
+
+def test_fuzzed_mailbox_requests_change_nothing(host):
+    c, other = host(5), host(6)
+    c.put(5, 1, b"private" * 10)
+    other.put(6, 2, b"shared" * 10, shared=True)
+    before = other.stats()
+    sent = [0]
+    _fuzz_mailbox(c, sent)
+    assert sent[0] >= 1000
+    c._seq = sent[0] + 2000               # the client goes on after the numbers used above
+    assert other.stats() == before
+    assert c.get(5, 1) == b"private" * 10 and c.lookup(5, [2]) == 1
+
+
+def test_sleeping_server_and_client_are_rung(monkeypatch):
+    """Neither side ever wakes by itself here (the server sleeps an hour per poll, the client
+    an hour per slice), so a lost wake-up would be a timeout."""
+    monkeypatch.setattr(server_module, "POLL_MS", 3_600_000)
+    monkeypatch.setattr(client_module, "WAIT_SLICE_S", 3600.0)
+    srv = PoolServer(LocalPool(16 * MIB, extent_bytes=MIB), "tcp://127.0.0.1:*", spin_us=0,
+                     log=io.StringIO())
+    thread = threading.Thread(target=srv.serve, daemon=True)
+    thread.start()
+    c = PoolClient(srv.endpoint, 0, timeout_s=10.0, use_shm=True, shm_bytes=2 * MIB, spin_us=0)
+    try:
+        c.attach(0, MIB)
+        assert c.transport == "mailbox"
+        for i in range(200):
+            c.put(0, i, bytes([i % 256]) * 100)
+            assert c.get(0, i) == bytes([i % 256]) * 100
+        assert c.lookup(0, list(range(200))) == 200
+    finally:
+        srv.stop()
+        c.close()
+        poke = zmq.Context.instance().socket(zmq.DEALER)
+        poke.connect(srv.endpoint)          # any message wakes the server, which then stops
+        poke.send_multipart([P.encode_request(1, "sync", {})])
+        thread.join(10)
+        poke.close(0)
+        assert not thread.is_alive()
+        srv.close()
+
+
+def test_block_buffers_store_blocks_written_in_place(host):
+    c = host(7)
+    kv = np.random.default_rng(5).standard_normal((2, 8, 64)).astype(np.float16)
+    a, b = c.block_buffers([kv.nbytes, 1000])
+    np.frombuffer(a, np.float16).reshape(kv.shape)[...] = kv
+    b[:] = b"z" * 1000
+    c.put_many(7, [(1, a), (2, b)])
+    assert np.array_equal(np.frombuffer(c.get(7, 1), np.float16).reshape(kv.shape), kv)
+    assert c.get(7, 2) == b"z" * 1000
+    # a view from the window beside plain bytes: laying out the bytes must not overwrite it
+    (view,) = c.block_buffers([5000])
+    view[:] = b"v" * 5000
+    c.put_many(7, [(3, b"p" * 7000), (4, view)])
+    assert c.get(7, 3) == b"p" * 7000 and c.get(7, 4) == b"v" * 5000
+    with pytest.raises(PoolError, match="the window holds"):
+        c.block_buffers([4 * MIB])
+
+
+def test_block_buffers_need_a_window_and_windows_need_room_for_the_mailbox(server):
+    with PoolClient(server[0], 8, timeout_s=5.0, use_shm=False) as c:
+        small = ShmWindow.create(DATA_START)
+        try:
+            with pytest.raises(PoolError, match=f"it needs more than {DATA_START} B"):
+                c._call("attach", {"host": 8, "quota": 0, "shm": small.name})
+        finally:
+            small.close()
+        c.attach(8, 0)
+        with pytest.raises(PoolError, match="needs a shared-memory window"):
+            c.block_buffers([10])
+        c.detach(8)
+    with pytest.raises(PoolError, match=f"shm_bytes must be an integer above {DATA_START}"):
+        PoolClient(server[0], 9, use_shm=True, shm_bytes=4096)
