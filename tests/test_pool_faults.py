@@ -36,11 +36,13 @@ for k in range(quanta):
                           %(shared)d + ((host + 1) %% 4) * 10000 + k - 1, 0, True))
     c.exchange(host, q0 + k, ops)
     print("q", k, flush=True)
+    if host == %(killed)d and k == %(kill_at)d:
+        sys.stdin.readline()     # killed here: quantum k + 1 cannot complete before it dies
 print("done", json.dumps(c.stats()), flush=True)
 sys.stdin.readline()
 c.detach(host)
 c.close()
-""" % {"shared": SHARED}
+""" % {"shared": SHARED, "killed": KILLED, "kill_at": KILL_AT}
 
 
 def read_until(proc, prefix):

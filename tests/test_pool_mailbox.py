@@ -231,3 +231,36 @@ def test_block_buffers_need_a_window_and_windows_need_room_for_the_mailbox(serve
         c.detach(8)
     with pytest.raises(PoolError, match=f"shm_bytes must be an integer above {DATA_START}"):
         PoolClient(server[0], 9, use_shm=True, shm_bytes=4096)
+
+
+def test_puts_answered_before_their_copy_are_never_overwritten(server):
+    """Through the mailbox the server answers a put before it copies the blocks out of the
+    window, so the client writes its next blocks elsewhere, or waits for that copy when the
+    window has no room elsewhere: here every 2 MiB block must land where the last one is still
+    being copied (a window of 1.5 blocks), and each must still arrive intact."""
+    block = 2 * MIB
+    with PoolClient(server[0], 10, timeout_s=5.0, use_shm=True,
+                    shm_bytes=DATA_START + block * 3 // 2) as c:
+        c.attach(10, 40 * MIB)
+        assert c.transport == "mailbox"
+        blobs = [bytes([i]) * block for i in range(8)]
+        for i, blob in enumerate(blobs):
+            c.put(10, i, blob)
+        assert c.get_many(10, range(8)) == blobs
+        # the same with blocks written in place
+        for i in range(8):
+            (view,) = c.block_buffers([block])
+            view[:] = bytes([100 + i]) * block
+            c.put(10, 100 + i, view)
+        assert [c.get(10, 100 + i) == bytes([100 + i]) * block for i in range(8)] == [True] * 8
+        c.detach(10)
+
+
+def test_a_put_answered_before_its_copy_stores_only_what_was_accepted(host):
+    c = host(11)
+    c.put(11, 1, b"a" * 100)
+    out = c.put_many(11, [(1, b"b" * 50), (2, b"c" * 70), (1, b"d" * 100)],
+                     raise_on_error=False)
+    assert out[0] is not None and "holds 100 B" in out[0] and out[1:] == [None, None]
+    assert c.get(11, 1) == b"d" * 100 and c.get(11, 2) == b"c" * 70
+    assert c.stats()["hosts"]["11"]["private_bytes"] == 170

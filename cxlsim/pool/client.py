@@ -40,6 +40,7 @@ from .stream import (CLIENT_SPIN_US, DOORBELL, STREAM_GONE, WAIT_SLICE_S, Messag
 # requests that never go through the mailbox: exchange waits for other hosts (heartbeats and
 # notices travel beside it on the stream), and detach closes the stream its doorbell would use
 STREAM_ONLY = frozenset({"exchange", "detach"})
+WAIT_COPY_S = 50e-6     # a wait for the server's copy out of the window sleeps this long a time
 
 
 def _buffer(data):
@@ -79,6 +80,7 @@ class PoolClient:
         self._stream = None                 # the local stream, once attached over one
         self._mailbox = None                # requests through the window (mailbox.py), with it
         self._lent = False                  # block_buffers handed out views of the window
+        self._copying = None                # (put id, start, end): a put the server may still copy
         self._want_stream = use_stream
         self._seq = 0
         self._horizon_ns = math.inf        # earliest next event of the other hosts, last we heard
@@ -392,38 +394,70 @@ class PoolClient:
             if len(buf) > limit and not (self.window is not None and len(buf) <= self._room):
                 raise PoolError(f"put: block {key} is {len(buf)} B; this server takes blocks up "
                                 f"to {limit} B (cxlsim pool serve --max-frame-bytes)")
+        keys = [k for k, _ in items]
         out: list[str | None] = []
-        if self._lent:
-            lent = self._lent_places(items)
-            if lent is not None:         # written in place: no copy at all
-                for i in range(0, len(items), P.MAX_BATCH):
-                    out += self._call("put", {"keys": [k for k, _ in items[i:i + P.MAX_BATCH]],
-                                              "shared": bool(shared),
-                                              "shm": lent[i:i + P.MAX_BATCH]})
-                items = []
+        lent = self._lent_places(items) if self._lent else None
+        if lent is not None:             # written in place: no copy on this side at all
+            for i in range(0, len(items), P.MAX_BATCH):
+                places = lent[i:i + P.MAX_BATCH]
+                out += self._put_places(keys[i:i + P.MAX_BATCH], shared, places)
+            items = []
         for chunk, use_window in self._chunks(items):
-            keys = [k for k, _ in chunk]
+            chunk_keys = [k for k, _ in chunk]
             if use_window:
-                places, off = [], DATA_START
+                places, off = [], self._window_region(sum(len(b) for _, b in chunk))
                 for _, buf in chunk:
                     n = len(buf)
                     self.window.buf[off:off + n] = buf
                     places.append([off, n])
                     off += n
-                out += self._call("put", {"keys": keys, "shared": bool(shared), "shm": places})
+                out += self._put_places(chunk_keys, shared, places)
             else:
-                out += self._call("put", {"keys": keys, "shared": bool(shared), "shm": None},
+                out += self._call("put", {"keys": chunk_keys, "shared": bool(shared), "shm": None},
                                   [buf for _, buf in chunk])
         if raise_on_error and any(out):
-            self._raise_items("put", [k for k, _ in items], out)
+            self._raise_items("put", keys, out)
         return out
 
+    def _put_places(self, keys, shared, places) -> list[str | None]:
+        """Put blocks that lie in the window at places ([offset, nbytes] each). Through the
+        mailbox the server replies before it copies them out (mailbox.py): until it says it
+        has, this client writes nowhere in their region."""
+        out = self._call("put", {"keys": keys, "shared": bool(shared), "shm": places})
+        if self._mailed:
+            self._copying = (self._seq, min(off for off, _ in places),
+                             max(off + n for off, n in places))
+        return out
+
+    def _window_region(self, nbytes: int) -> int:
+        """Where the next nbytes written into the window go: at the start of the data area, or
+        right after the blocks of the last put while the server may still be copying them out
+        (double buffering: this client writes the next blocks during that copy, and the pages
+        it writes stay few). Waits for the copy only when neither place is free."""
+        at, copying = DATA_START, self._copying
+        if copying is not None and at < copying[2] and copying[1] < at + nbytes:
+            if copying[2] + nbytes <= self.window.size:
+                at = copying[2]
+            else:
+                self._wait_copied(copying[0])
+        return at
+
+    def _wait_copied(self, seq: int) -> None:
+        box, deadline = self._mailbox, time.monotonic() + self.timeout_s
+        if box is not None and not box.wait_copied(seq, self.spin_s):
+            while not box.wait_copied(seq, 0.0):
+                if time.monotonic() >= deadline:
+                    raise self._timeout(f"the copy of put {seq} out of the window")
+                time.sleep(WAIT_COPY_S)
+        self._copying = None
+
     def block_buffers(self, sizes) -> list[memoryview]:
-        """Writable views into this host's shared-memory window, one per size, laid out as one
-        put through the window would lay them out. Write the blocks into them (numpy:
-        `np.frombuffer(view, dtype)`) and pass the views to put or put_many: the bytes then reach
-        the pool with no copy on this side (the server makes the one copy into pool memory).
-        The views are valid until this client's next put or get, which may reuse the window."""
+        """Writable views into this host's shared-memory window, one per size. Write the
+        blocks into them (numpy: `np.frombuffer(view, dtype)`) and pass the views to put or
+        put_many: the bytes then reach the pool with no copy on this side (the server makes the
+        one copy into pool memory). Once passed to put, a view is the pool's: write the next
+        blocks into new views. Views are valid until this client's next get, or its next put of
+        other data, which may reuse the window."""
         if self.window is None:
             raise PoolError("block_buffers needs a shared-memory window: a client on the pool "
                             "server's machine with use_shm")
@@ -432,7 +466,7 @@ class PoolClient:
             raise PoolError(f"block_buffers: {len(sizes)} sizes of {sum(sizes)} B in all; the "
                             f"window holds up to {P.MAX_BATCH} blocks of >= 1 B and "
                             f"{self._room} B in all (PoolClient(shm_bytes=...))")
-        views, off = [], DATA_START
+        views, off = [], self._window_region(sum(sizes))
         for n in sizes:
             views.append(self.window.buf[off:off + n])
             off += n

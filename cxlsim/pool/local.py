@@ -360,6 +360,23 @@ class LocalPool:
                 out.append(str(exc))
         return out
 
+    def put_later(self, host: int, sized_keys, shared: bool = False) -> list[str | None]:
+        """Check and account puts of (key, nbytes) whose bytes the caller gives to fill() before
+        anything else uses the pool (the server answers first and copies after: server.py);
+        per item None or the reason it was refused, as put_many."""
+        out = []
+        for key, nbytes in sized_keys:
+            try:
+                self._put(host, self._key(key), nbytes, bool(shared), None)
+                out.append(None)
+            except PoolError as exc:
+                out.append(str(exc))
+        return out
+
+    def fill(self, key: int, data: bytes) -> None:
+        """The bytes of a block put_later accepted."""
+        self._data[key] = data
+
     def alloc(self, host: int, key: int, nbytes: int, shared: bool = False) -> None:
         """Reserve a block of nbytes (reads as zeros until put)."""
         self._put(host, self._key(key), nbytes, bool(shared), None)

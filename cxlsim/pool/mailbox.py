@@ -15,12 +15,19 @@ slot, then the data area (DATA_START onwards) that puts and gets use.
     reply seq, reply length       written by the server
     server sleeping               raised by the server before it sleeps on its sockets
     host sleeping                 raised by the host before it sleeps on its stream
+    copied                        the last put whose blocks the server has copied out
 
 Posting writes the message, then its length, then its sequence number (the request id), then
 reads the peer's sleeping word: raised, the poster rings the peer's socket with a doorbell (an
 empty stream message). A sleeper raises its word, then looks at the sequence number once more
 before it sleeps. The words are sequentially consistent atomics (csrc/mailbox.c), so a post and
 a sleeper never both miss each other.
+
+Puts through the mailbox are answered before their blocks are copied out of the window: the
+server checks and accounts them, posts the reply, copies, then sets the copied word, all before
+it looks at any other request. So the host writes its next blocks (elsewhere in the window)
+while the server copies, and nothing anyone reads can see the difference; the host waits for
+the copied word only to write over blocks still being copied (PoolClient._window_region).
 
 A reply of length 0 means "the reply went over the stream" (a header larger than the reply slot,
 or blocks that did not fit the data area). A request larger than its slot goes over the stream.
@@ -41,6 +48,7 @@ DATA_START = REPLY_AT + REPLY_BYTES          # block bytes of puts and gets from
 
 # word indexes (8-byte words) in the control page: one cache line (8 words) apart
 _REQ_SEQ, _REQ_LEN, _REP_SEQ, _REP_LEN, _SERVER_SLEEPING, _HOST_SLEEPING = 0, 1, 8, 9, 16, 24
+_COPIED = 32
 
 # side -> (outbound seq, length, area, size), (inbound seq, length, area, size), my sleeping
 # word, the peer's
@@ -66,6 +74,7 @@ class Mailbox:
         self._out_seq, self._out_len = words + out_seq, words + out_len
         self._in_seq, self._in_len = words + in_seq, words + in_len
         self._my_sleep, self._peer_sleep = words + mine, words + peer
+        self._copied = words + _COPIED
 
     def post(self, seq: int, message) -> bool:
         """Publish `message` (at most out_bytes) as number `seq`. True: the peer sleeps, ring it."""
@@ -95,6 +104,15 @@ class Mailbox:
     def sleeping(self, asleep: bool) -> None:
         """Raise (before sleeping on the socket) or lower this side's sleeping word."""
         lib.cxl_mbox_store(self._my_sleep, 1 if asleep else 0)
+
+    def copied(self, seq: int) -> None:
+        """Server: the blocks of put `seq` are out of the window (they were copied after the
+        reply, so the host could go on meanwhile)."""
+        lib.cxl_mbox_store(self._copied, seq)
+
+    def wait_copied(self, seq: int, spin_s: float) -> bool:
+        """Host: poll up to spin_s for the server to have copied put `seq` out of the window."""
+        return bool(lib.cxl_mbox_wait(self._copied, seq, spin_s))
 
     def close(self) -> None:
         if self._raw is not None:

@@ -58,6 +58,9 @@ def _fail(name, what: str, value) -> ProtocolError:
 # A checker may carry `whole(list) -> bool`: True when every item of the list passes, found with
 # a few passes in C (set, map, min, max) instead of one Python call per item. Lists of keys and
 # the columns of a quantum's ops are the hot case.
+WHOLE_FROM = 4          # shorter lists are checked item by item: fewer calls for one item
+
+
 def _only(types: set, values) -> bool:
     return set(map(type, values)) <= types
 
@@ -111,7 +114,7 @@ def list_of(inner, max_len: int = MAX_BATCH):
     def check(value, name):
         if type(value) is not list or len(value) > max_len:
             raise _fail(name, f"a list of at most {max_len} items", value)
-        if not value or (whole is not None and whole(value)):
+        if not value or (whole is not None and len(value) >= WHOLE_FROM and whole(value)):
             return value
         return [inner(v, (name, i)) for i, v in enumerate(value)]   # names the first fault
     return check
@@ -123,6 +126,10 @@ def record(*fields):
         if type(value) is not list or len(value) != len(fields):
             raise _fail(name, f"a list of {len(fields)} items", value)
         return [f(v, (name, i)) for i, (f, v) in enumerate(zip(fields, value))]
+    wholes = [getattr(f, "whole", None) for f in fields]
+    if all(wholes):      # a list of records passes when each column does (shm places)
+        check.whole = lambda v: (_only({list}, v) and set(map(len, v)) == {len(fields)}
+                                 and all(w(col) for w, col in zip(wholes, zip(*v))))
     return check
 
 

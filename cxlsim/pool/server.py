@@ -68,11 +68,12 @@ class _Conn:
     ident: bytes = b""
 
 
-@dataclass
 class _MailReply:
     """Where the reply to a request that came through a host's mailbox goes."""
-    conn: _Conn
-    seq: int
+    __slots__ = ("conn", "seq")
+
+    def __init__(self, conn: _Conn, seq: int):
+        self.conn, self.seq = conn, seq
 
 
 class _Stream:
@@ -129,6 +130,10 @@ class PoolServer:
         self._released: dict[int, tuple[int, dict]] = {}  # host -> (barrier, last release sent)
         self._open_stream_listener()
         self._via: _Stream | None = None      # the stream the request being handled came over
+        self._after = None                    # what the handler leaves for after the reply
+        # command -> handler, for every command an attached host may send
+        self._commands = {cmd: getattr(self, f"_cmd_{cmd}") for cmd in P.COMMANDS
+                          if hasattr(self, f"_cmd_{cmd}")}
         self._stop = False
         self.served = 0
         self.errors = 0
@@ -397,7 +402,7 @@ class PoolServer:
     # ------------------------------------------------------------------ requests
     def _handle(self, ident: bytes, frames: list, stream: _Stream | None = None) -> None:
         """One request; `frames` are buffers, from ZeroMQ or from `stream`, where replies go."""
-        self._via = stream
+        self._via, self._after = stream, None
         try:
             req_id, cmd, args, data = P.decode_request(frames, self.max_frame_bytes)
         except ProtocolError as exc:
@@ -421,11 +426,13 @@ class PoolServer:
                             f"to a host (attach first; if it was attached, the server restarted "
                             f"or detached it after a heartbeat timeout)")
                 return
-            handler = getattr(self, f"_cmd_{cmd}")
-            out = handler(ident, conn, req_id, args, data)
+            out = self._commands[cmd](ident, conn, req_id, args, data)
             if out is not None:
                 result, reply_frames = out
                 self._send(ident, P.encode_reply(req_id, result), reply_frames, stream)
+            if self._after is not None:      # work a handler left for after its reply
+                after, self._after = self._after, None
+                after()
             self.served += 1
         except PoolError as exc:
             self._error(ident, req_id, P.E_REFUSED, str(exc))
@@ -543,11 +550,29 @@ class PoolServer:
                 if off < DATA_START or off + n > win.size:
                     raise PoolError(f"put: [{off}, {off + n}) is outside the window's data area "
                                     f"[{DATA_START}, {win.size})")
+            if type(self._via) is _MailReply:
+                # answer first, copy after: the host writes its next blocks meanwhile, and the
+                # copy is done before any other request is looked at (mailbox.py)
+                keys, places = args["keys"], args["shm"]
+                out = self.pool.put_later(conn.host, zip(keys, (n for _, n in places)),
+                                          args["shared"])
+                seq = self._via.seq
+                self._after = lambda: self._copy_out(conn, seq, keys, places, out)
+                return out, ()
             # copy out of the window now: the host reuses it for its next request
             blobs = [win.buf[off:off + n].tobytes() for off, n in args["shm"]]
         else:
             blobs = [bytes(f) for f in data]   # data frames arrive as memoryviews
         return self.pool.put_many(conn.host, zip(args["keys"], blobs), args["shared"]), ()
+
+    def _copy_out(self, conn: _Conn, seq: int, keys, places, accepted) -> None:
+        """The blocks of a put answered through the mailbox, into the pool; then tell the host."""
+        buf = conn.window.buf
+        for key, (off, n), refused in zip(keys, places, accepted):
+            if refused is None:
+                self.pool.fill(key, buf[off:off + n].tobytes())
+        if conn.mailbox is not None:
+            conn.mailbox.copied(seq)
 
     def _cmd_get(self, ident, conn, req_id, args, data):
         blobs = self.pool.get_many(conn.host, args["keys"])
