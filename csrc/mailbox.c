@@ -61,3 +61,11 @@ int cxl_mbox_wait(const uint64_t *word, uint64_t value, double spin_s)
             return 0;
     }
 }
+
+int64_t cxl_mbox_changed(uint64_t *const *words, const uint64_t *seen, int64_t from, int64_t n)
+{
+    for (int64_t i = from; i < n; i++)
+        if (__atomic_load_n(words[i], __ATOMIC_SEQ_CST) != seen[i])
+            return i;
+    return -1;
+}

@@ -37,9 +37,8 @@ from .shm import DEFAULT_WINDOW_BYTES, ShmWindow
 from .stream import (CLIENT_SPIN_US, DOORBELL, STREAM_GONE, WAIT_SLICE_S, MessageReader,
                      is_doorbell, recv_message, send_message, spin_budget_s, tune, wait_in_kernel)
 
-# requests that never go through the mailbox: exchange waits for other hosts (heartbeats and
-# notices travel beside it on the stream), and detach closes the stream its doorbell would use
-STREAM_ONLY = frozenset({"exchange", "detach"})
+# requests that never go through the mailbox: detach closes the stream its doorbell would use
+STREAM_ONLY = frozenset({"detach"})
 WAIT_COPY_S = 50e-6     # a wait for the server's copy out of the window sleeps this long a time
 
 
@@ -234,27 +233,32 @@ class PoolClient:
                             f"[{err['code']}]: {err['message']}")
         return msg.get("result")
 
-    def _recv_mailed(self, want_id: int, deadline: float, cmd: str):
-        """Reply to request want_id, sent through the mailbox, or None at the deadline: poll the
-        mailbox for spin_s, then sleep on the stream until the server rings."""
+    def _recv_mail(self, want_id: int, until: float, cmd: str, others=None,
+                   spin_s: float = 0.0):
+        """As _recv, for a request sent through the mailbox: poll the mailbox for spin_s, then
+        sleep on the stream, where the server rings when it posts the reply and where notices
+        and heartbeat replies (to `others`) and replies too large for the mailbox come."""
         box = self._mailbox
-        if not box.wait(want_id, self.spin_s):
-            held = []                # stream messages that are not doorbells: _recv's to read
+        if not box.wait(want_id, spin_s):
             box.sleeping(True)
             try:
                 while box.inbound_seq() != want_id:
                     now = time.monotonic()
-                    if now >= deadline:
+                    if now >= until:
                         return None
-                    frames = self._next_message(min(deadline, now + WAIT_SLICE_S))
-                    if frames is not None and not is_doorbell(frames):
-                        held.append(frames)
+                    frames = self._next_message(min(until, now + WAIT_SLICE_S))
+                    if frames is None or is_doorbell(frames):
+                        continue
+                    msg = self._decode(frames[0], cmd)
+                    if msg.get("id") == want_id:     # too large for the mailbox: sent here
+                        return self._result(msg, cmd), frames[1:]
+                    if others is not None and others(msg):
+                        return None
             finally:
                 box.sleeping(False)
-                self._stream_pending[:0] = held
         raw = box.read()
         if not raw:                  # the reply did not fit the mailbox: it is on the stream
-            return self._recv(want_id, deadline, cmd)
+            return self._recv(want_id, max(until, time.monotonic() + self.timeout_s), cmd)
         msg = self._decode(raw, cmd)
         if msg.get("id") != want_id:
             raise PoolError(f"pool server {self.endpoint}: the mailbox reply to {cmd} answers "
@@ -268,8 +272,8 @@ class PoolClient:
         with self._lock:
             req = self._send(cmd, args, frames, mailbox_ok=cmd not in STREAM_ONLY)
             deadline = time.monotonic() + self.timeout_s
-            got = self._recv_mailed(req, deadline, cmd) if self._mailed else \
-                self._recv(req, deadline, cmd, spin_s=self.spin_s)
+            recv = self._recv_mail if self._mailed else self._recv
+            got = recv(req, deadline, cmd, spin_s=self.spin_s)
             if got is None:
                 raise self._timeout(cmd)
             return got
@@ -599,7 +603,10 @@ class PoolClient:
     def _await_release(self, quantum: int, wire: list, next_ns: float | None) -> PoolDelta:
         """Send the hand-in and wait for this host's release, heartbeating while parked."""
         req = self._send("exchange", {"quantum": int(quantum), "ops": wire,
-                                      "next_ns": None if next_ns is None else float(next_ns)})
+                                      "next_ns": None if next_ns is None else float(next_ns)},
+                         mailbox_ok=True)
+        # through the mailbox, heartbeats and notices still travel over the stream beside it
+        recv = self._recv_mail if self._mailed else self._recv
         deadline = time.monotonic() + self.timeout_s
         alive = []
         hb_out = False
@@ -612,8 +619,8 @@ class PoolClient:
             return P.is_soon_notice(msg, quantum) and not soon   # True: start polling now
         while True:
             slice_end = min(deadline, time.monotonic() + self.heartbeat_s)
-            got = self._recv(req, slice_end, f"exchange of quantum {quantum}", others=seen,
-                             spin_s=self.spin_s if soon else 0.0)
+            got = recv(req, slice_end, f"exchange of quantum {quantum}", others=seen,
+                       spin_s=self.spin_s if soon else 0.0)
             if got is not None:
                 result = got[0]
                 break

@@ -32,7 +32,7 @@ from . import protocol as P
 from .api import PoolOp
 from .endpoint import check_endpoint, is_loopback_endpoint
 from .local import LocalPool
-from .mailbox import DATA_START, Mailbox
+from .mailbox import DATA_START, Inboxes, Mailbox
 from .shm import ShmWindow
 from .stream import (DOORBELL, SERVER_SPIN_US, MessageReader, is_doorbell, send_message,
                      spin_budget_s, tune)
@@ -64,7 +64,6 @@ class _Conn:
     stream: "_Stream | None" = None      # when bound, every reply goes there
     released: float = 0.0                # when a barrier last released it (it runs from then)
     mailbox: Mailbox | None = None       # with a window and a bound stream (mailbox.py)
-    mail_seen: int = 0                   # sequence number of the last mailbox request taken
     ident: bytes = b""
 
 
@@ -215,36 +214,34 @@ class PoolServer:
 
     # ------------------------------------------------------------------ mailboxes
     def _mail_waiting(self) -> bool:
-        return any(c.mailbox.inbound_seq() != c.mail_seen for c in self._mail_conns)
+        return self._inbox.next_new() >= 0
 
     def _serve_mail(self) -> bool:
         """Handle the request waiting in each host's mailbox, if any; whether there was one."""
-        served = False
-        for conn in list(self._mail_conns):
-            box = conn.mailbox
-            if box is None:                  # dropped by an earlier request of this round
-                continue
-            seq = box.inbound_seq()
-            if seq == conn.mail_seen:
-                continue
-            conn.mail_seen = seq
-            served = True
-            raw = box.read()
+        i = self._inbox.next_new()
+        served = i >= 0
+        while i >= 0:
+            conn = self._mail_conns[i]
+            seq, raw = self._inbox.take(i)
             via = _MailReply(conn, seq)
             if raw is None:
                 self._via = via
                 self._error(conn.ident, None, P.E_FRAME, "mailbox request length is out of range")
-                continue
-            self._handle(conn.ident, [raw], via)
+            else:
+                self._handle(conn.ident, [raw], via)
+            # one request per host a round; a host dropped meanwhile shifts the rest down by
+            # one, and one of them may wait for the next round
+            i = self._inbox.next_new(i + 1)
         return served
 
     def _open_mailbox(self, conn: _Conn) -> None:
         conn.mailbox = Mailbox(conn.window, "server")
-        conn.mail_seen = conn.mailbox.inbound_seq()     # whatever is there is not a request
+        self._inbox.add(conn.mailbox)
         self._mail_conns.append(conn)
 
     def _close_mailbox(self, conn: _Conn) -> None:
         if conn.mailbox is not None:
+            self._inbox.remove(conn.mailbox)
             self._mail_conns.remove(conn)
             conn.mailbox.close()
             conn.mailbox = None
@@ -275,7 +272,8 @@ class PoolServer:
     # ------------------------------------------------------------------ local streams
     def _open_stream_listener(self) -> None:
         self._streams: dict[int, _Stream] = {}            # by file descriptor
-        self._mail_conns: list[_Conn] = []                 # hosts with a mailbox
+        self._mail_conns: list[_Conn] = []      # hosts with a mailbox, in the order of _inbox
+        self._inbox = Inboxes()
         self._poller = None
         # mkdtemp makes a directory only this user can enter: other users cannot even connect
         self._stream_dir = tempfile.mkdtemp(prefix="cxlsim-pool-")
@@ -617,9 +615,6 @@ class PoolServer:
         return None, ()
 
     def _cmd_exchange(self, ident, conn, req_id, args, data):
-        if type(self._via) is _MailReply:
-            raise PoolError("exchange: send it over the stream, not the mailbox (its reply "
-                            "waits for the other hosts)")
         host, quantum = conn.host, args["quantum"]
         if host in self._waiting and quantum == self._waiting[host][1]:
             self._waiting[host] = (req_id, quantum, self._via)   # a retry after a timeout
@@ -631,8 +626,10 @@ class PoolServer:
         ops = list(map(PoolOp, t_ns, [host] * len(t_ns), seq, kind, key, nbytes, shared))
         for parked in self.pool.due(host, quantum, args.get("next_ns")):
             if parked != host and parked in self._waiting:   # wake it while the ops are applied
-                _, its_quantum, stream = self._waiting[parked]
-                self._send(self._by_host[parked], P.encode_soon_notice(its_quantum), (), stream)
+                _, its_quantum, route = self._waiting[parked]
+                if type(route) is _MailReply:   # notices go beside the mailbox, on the stream
+                    route = route.conn.stream
+                self._send(self._by_host[parked], P.encode_soon_notice(its_quantum), (), route)
         releases = self.pool.exchange(host, quantum, ops, args.get("next_ns"))
         self._waiting[host] = (req_id, quantum, self._via)
         self._release(releases)
