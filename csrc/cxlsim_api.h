@@ -227,5 +227,7 @@ void cxl_mbox_store(uint64_t *word, uint64_t value);
 uint64_t cxl_mbox_post(uint64_t *len_word, uint64_t len, uint64_t *seq_word, uint64_t seq,
                        const uint64_t *peer_sleeping);
 int cxl_mbox_wait(const uint64_t *word, uint64_t value, double spin_s);
+/* As wait, until *word >= value (a counter that only grows). */
+int cxl_mbox_wait_reach(const uint64_t *word, uint64_t value, double spin_s);
 /* The first i in from..n-1 with *words[i] != seen[i], or -1: one look at many mailboxes. */
 int64_t cxl_mbox_changed(uint64_t *const *words, const uint64_t *seen, int64_t from, int64_t n);

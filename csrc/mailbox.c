@@ -44,22 +44,38 @@ static inline void relax(void)
 #endif
 }
 
-int cxl_mbox_wait(const uint64_t *word, uint64_t value, double spin_s)
+static inline int seen(const uint64_t *word, uint64_t value, int at_least)
 {
-    if (__atomic_load_n(word, __ATOMIC_SEQ_CST) == value)
+    uint64_t now = __atomic_load_n(word, __ATOMIC_SEQ_CST);
+    return at_least ? now >= value : now == value;
+}
+
+static int wait_for(const uint64_t *word, uint64_t value, double spin_s, int at_least)
+{
+    if (seen(word, value, at_least))
         return 1;
     if (!(spin_s > 0))
         return 0;
     double until = now_s() + spin_s;
     for (;;) {
         for (int i = 0; i < 64; i++) {     /* the clock is read once per 64 looks */
-            if (__atomic_load_n(word, __ATOMIC_SEQ_CST) == value)
+            if (seen(word, value, at_least))
                 return 1;
             relax();
         }
         if (now_s() >= until)
             return 0;
     }
+}
+
+int cxl_mbox_wait(const uint64_t *word, uint64_t value, double spin_s)
+{
+    return wait_for(word, value, spin_s, 0);
+}
+
+int cxl_mbox_wait_reach(const uint64_t *word, uint64_t value, double spin_s)
+{
+    return wait_for(word, value, spin_s, 1);
 }
 
 int64_t cxl_mbox_changed(uint64_t *const *words, const uint64_t *seen, int64_t from, int64_t n)

@@ -67,8 +67,7 @@ def test_a_post_and_a_sleeper_never_miss_each_other():
         assert host.post(2, b"again") is True
         assert not host.wait(3, 0.001)                    # nothing numbered 3 came
         assert not host.fits(b"x" * (REQUEST_BYTES + 1)) and host.fits(b"x" * REQUEST_BYTES)
-        host.close()
-        server.close()
+        del host, server          # their words hold the mapping: they go before the window
     finally:
         window.close()
 
@@ -320,3 +319,63 @@ def test_each_mailbox_is_served_when_another_host_leaves(server):
     finally:
         for c in cs:
             c.close()
+
+
+def test_successive_block_buffers_hand_out_distinct_bytes(host):
+    c = host(12)
+    (a,) = c.block_buffers([1000])
+    (b,) = c.block_buffers([1000])
+    a[:] = b"A" * 1000
+    b[:] = b"B" * 1000
+    c.put_many(12, [(1, a), (2, b)])
+    assert c.get(12, 1) == b"A" * 1000 and c.get(12, 2) == b"B" * 1000
+
+
+def test_blocks_evicted_by_a_later_item_of_the_same_put_keep_no_bytes():
+    """put_later accounts a whole batch before fill gives the bytes: a shared block the batch
+    itself evicted must not get bytes back (they would stay in memory for nothing)."""
+    pool = LocalPool(4 * 1024, extent_bytes=4 * 1024)
+    pool.attach(0, 0)
+    sized = [(k, 1024) for k in range(8)]          # 8 shared 1 KiB blocks into 4 KiB
+    assert pool.put_later(0, sized, shared=True) == [None] * 8
+    for k, n in sized:
+        pool.fill(k, bytes([k]) * n)
+    pool.check()
+    assert pool.lookup(0, [4, 5, 6, 7]) == 4 and pool.lookup(0, [0]) == 0
+    assert pool.get(0, 7) == bytes([7]) * 1024
+
+
+def test_a_block_that_cannot_be_copied_out_leaves_the_pool(monkeypatch):
+    """The reply came first; if the copy then fails (no memory), the block must not read as
+    zeros: it leaves the pool, and the server keeps serving."""
+    pool = LocalPool(16 * MIB, extent_bytes=MIB)
+    srv = PoolServer(pool, "tcp://127.0.0.1:*", log=io.StringIO())
+    thread = threading.Thread(target=srv.serve, daemon=True)
+    thread.start()
+    real_fill = pool.fill
+
+    def fill(key, data):
+        if key == 2:
+            raise MemoryError
+        real_fill(key, data)
+    monkeypatch.setattr(pool, "fill", fill)
+    c = PoolClient(srv.endpoint, 0, timeout_s=5.0, use_shm=True, shm_bytes=2 * MIB,
+                   keepalive=False)
+    try:
+        c.attach(0, MIB)
+        assert c.transport == "mailbox"
+        assert c.put_many(0, [(1, b"a" * 100), (2, b"b" * 100)]) == [None, None]
+        assert c.get(0, 1) == b"a" * 100
+        with pytest.raises(PoolError, match="block 2 is not in the pool"):
+            c.get(0, 2)
+        assert c.stats()["hosts"]["0"]["private_bytes"] == 100
+        pool.check()
+    finally:
+        srv.stop()
+        c.close()
+        poke = zmq.Context.instance().socket(zmq.DEALER)
+        poke.connect(srv.endpoint)
+        poke.send_multipart([P.encode_request(1, "sync", {})])
+        thread.join(10)
+        poke.close(0)
+        srv.close()

@@ -77,9 +77,11 @@ class PoolClient:
         self._ctx = zmq.Context()
         self._sock = None
         self._stream = None                 # the local stream, once attached over one
-        self._mailbox = None                # requests through the window (mailbox.py), with it
+        self._control = None                # the window's mailbox words, while it has one
+        self._mailbox = None                # the same, while requests go through it (a stream)
         self._lent = False                  # block_buffers handed out views of the window
         self._copying = None                # (put id, start, end): a put the server may still copy
+        self._lend_at = DATA_START          # where block_buffers hands out views next
         self._want_stream = use_stream
         self._seq = 0
         self._horizon_ns = math.inf        # earliest next event of the other hosts, last we heard
@@ -183,13 +185,11 @@ class PoolClient:
             sock.close()
             return
         self._stream, self._stream_reader, self._stream_pending = sock, reader, pending
-        if self.window is not None:          # the server opens its side as the stream binds
-            self._mailbox = Mailbox(self.window, "host")
+        if self._control is not None:        # the server opens its side as the stream binds
+            self._mailbox = self._control
 
     def _drop_stream(self) -> None:
-        if self._mailbox is not None:        # no doorbell without the stream
-            self._mailbox.close()
-            self._mailbox = None
+        self._mailbox = None                 # no doorbell without the stream
         if self._stream is not None:
             self._stream.close()
             self._stream = None
@@ -327,10 +327,17 @@ class PoolClient:
         if self._sock is not None:
             self._sock.close(0)
             self._sock = None
+        self._close_window()
+        self._ctx.term()
+
+    def _close_window(self) -> None:
+        # the mailbox words go first: then the window unmaps at once (unless another thread
+        # still polls one of them, and then when it stops: never under it)
+        self._control = self._mailbox = None
+        self._copying = None
         if self.window is not None:
             self.window.close()
             self.window = None
-        self._ctx.term()
 
     def __enter__(self):
         return self
@@ -344,14 +351,14 @@ class PoolClient:
         name = None
         if self._want_shm and self.window is None:
             self.window = ShmWindow.create(self._shm_bytes)
+            self._control = Mailbox(self.window, "host")
         if self.window is not None:
             name = self.window.name
         try:
             info = self._call("attach", {"host": host, "quota": int(quota_bytes), "shm": name})
         except PoolError as exc:
             if self.window is not None and "cannot be opened here" in str(exc):
-                self.window.close()      # server on another machine: sockets only
-                self.window = None
+                self._close_window()     # server on another machine: sockets only
                 info = self._call("attach", {"host": host, "quota": int(quota_bytes),
                                              "shm": None})
             else:
@@ -371,9 +378,7 @@ class PoolClient:
         self._stop_keepalive()
         self._call("detach", {})
         self._drop_stream()          # the server closed its end with the reply
-        if self.window is not None:  # the server has let go of it: remove it now, not at close
-            self.window.close()
-            self.window = None
+        self._close_window()         # the server has let go of it: remove it now, not at close
 
     def heartbeat(self, host: int) -> None:
         self._me(host)
@@ -399,6 +404,13 @@ class PoolClient:
                 raise PoolError(f"put: block {key} is {len(buf)} B; this server takes blocks up "
                                 f"to {limit} B (cxlsim pool serve --max-frame-bytes)")
         keys = [k for k, _ in items]
+        with self._lock:          # one thread at a time writes the window and tracks its copies
+            out = self._put_items(keys, items, shared)
+        if raise_on_error and any(out):
+            self._raise_items("put", keys, out)
+        return out
+
+    def _put_items(self, keys, items, shared) -> list[str | None]:
         out: list[str | None] = []
         lent = self._lent_places(items) if self._lent else None
         if lent is not None:             # written in place: no copy on this side at all
@@ -419,8 +431,6 @@ class PoolClient:
             else:
                 out += self._call("put", {"keys": chunk_keys, "shared": bool(shared), "shm": None},
                                   [buf for _, buf in chunk])
-        if raise_on_error and any(out):
-            self._raise_items("put", keys, out)
         return out
 
     def _put_places(self, keys, shared, places) -> list[str | None]:
@@ -428,7 +438,7 @@ class PoolClient:
         mailbox the server replies before it copies them out (mailbox.py): until it says it
         has, this client writes nowhere in their region."""
         out = self._call("put", {"keys": keys, "shared": bool(shared), "shm": places})
-        if self._mailed:
+        if self._mailed:         # (under the caller's lock: the id and route are this request's)
             self._copying = (self._seq, min(off for off, _ in places),
                              max(off + n for off, n in places))
         return out
@@ -447,11 +457,15 @@ class PoolClient:
         return at
 
     def _wait_copied(self, seq: int) -> None:
-        box, deadline = self._mailbox, time.monotonic() + self.timeout_s
-        if box is not None and not box.wait_copied(seq, self.spin_s):
+        """Until the server has copied put `seq` out of the window. Read from the window's
+        words, not the mailbox, which a timeout may have dropped while the copy still runs."""
+        box, deadline = self._control, time.monotonic() + self.timeout_s
+        if not box.wait_copied(seq, self.spin_s):
             while not box.wait_copied(seq, 0.0):
                 if time.monotonic() >= deadline:
-                    raise self._timeout(f"the copy of put {seq} out of the window")
+                    raise PoolError(f"pool server {self.endpoint}: it has not copied put {seq} "
+                                    f"out of this host's window within {self.timeout_s:g} s "
+                                    f"(server down, stalled or restarted)")
                 time.sleep(WAIT_COPY_S)
         self._copying = None
 
@@ -460,8 +474,9 @@ class PoolClient:
         blocks into them (numpy: `np.frombuffer(view, dtype)`) and pass the views to put or
         put_many: the bytes then reach the pool with no copy on this side (the server makes the
         one copy into pool memory). Once passed to put, a view is the pool's: write the next
-        blocks into new views. Views are valid until this client's next get, or its next put of
-        other data, which may reuse the window."""
+        blocks into new views. Successive calls hand out the data area in turn, so views stay
+        valid until later calls have handed it all out once more, or until this client's next
+        get or put of other data, which may reuse the window."""
         if self.window is None:
             raise PoolError("block_buffers needs a shared-memory window: a client on the pool "
                             "server's machine with use_shm")
@@ -470,12 +485,23 @@ class PoolClient:
             raise PoolError(f"block_buffers: {len(sizes)} sizes of {sum(sizes)} B in all; the "
                             f"window holds up to {P.MAX_BATCH} blocks of >= 1 B and "
                             f"{self._room} B in all (PoolClient(shm_bytes=...))")
-        views, off = [], self._window_region(sum(sizes))
-        for n in sizes:
-            views.append(self.window.buf[off:off + n])
-            off += n
-        self._lent = True
+        with self._lock:
+            views, off = [], self._lend_region(sum(sizes))
+            for n in sizes:
+                views.append(self.window.buf[off:off + n])
+                off += n
+            self._lent = True
         return views
+
+    def _lend_region(self, nbytes: int) -> int:
+        """Where block_buffers' next views go: after the last ones handed out, from the start
+        of the data area again when they would not fit; never over blocks still being copied."""
+        at = self._lend_at if self._lend_at + nbytes <= self.window.size else DATA_START
+        self._lend_at = at + nbytes
+        copying = self._copying
+        if copying is not None and at < copying[2] and copying[1] < at + nbytes:
+            self._wait_copied(copying[0])
+        return at
 
     def _lent_places(self, items) -> list | None:
         """[offset, nbytes] of each item's buffer in the window's data area, when every buffer

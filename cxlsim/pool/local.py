@@ -374,8 +374,21 @@ class LocalPool:
         return out
 
     def fill(self, key: int, data: bytes) -> None:
-        """The bytes of a block put_later accepted."""
-        self._data[key] = data
+        """The bytes of a block put_later accepted (if a later put of the same batch has not
+        evicted it meanwhile)."""
+        if key in self._blocks:
+            self._data[key] = data
+
+    def discard(self, key: int) -> None:
+        """Remove a block put_later accepted whose bytes cannot be given (it must not read as
+        zeros), with any pins on it."""
+        if key not in self._blocks:
+            return
+        for host, state in self._hosts.items():
+            while state.pins.get(key):
+                self._unpin_one(host, state, key)
+        if key in self._blocks:          # (an unpinned shared block nobody holds is gone)
+            self._remove(key)
 
     def alloc(self, host: int, key: int, nbytes: int, shared: bool = False) -> None:
         """Reserve a block of nbytes (reads as zeros until put)."""
@@ -648,3 +661,6 @@ class LocalPool:
                             f"sum {total} B")
         if self._used > self.capacity_bytes:
             raise PoolError(f"pool over capacity: {self._used} > {self.capacity_bytes}")
+        if not self._data.keys() <= self._blocks.keys():
+            raise PoolError(f"bytes kept for {len(self._data.keys() - self._blocks.keys())} "
+                            f"blocks that left the pool")

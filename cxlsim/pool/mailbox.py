@@ -61,13 +61,18 @@ _SIDES = {
 
 
 class Mailbox:
-    """One side ("host" or "server") of the mailbox in `window`."""
+    """One side ("host" or "server") of the mailbox in `window`.
+
+    It holds the window's mapping for as long as it lives (a thread still polling one of its
+    words must not see the window unmapped): drop every reference to it before closing the
+    window, and the window then unmaps at once."""
 
     def __init__(self, window: ShmWindow, side: str):
         if window.size <= DATA_START:
             raise ValueError(f"a window needs more than {DATA_START} B for a mailbox")
         self.window = window
-        self._raw = ffi.from_buffer(window.buf)          # released in close(): unmaps cleanly
+        self._buf = window.buf                  # (outlives window.close() while this lives)
+        self._raw = ffi.from_buffer(self._buf)
         words = ffi.cast("uint64_t *", self._raw)
         (out_seq, out_len, self._out_at, self.out_bytes), \
             (in_seq, in_len, self._in_at, self._in_bytes), mine, peer = _SIDES[side]
@@ -79,7 +84,7 @@ class Mailbox:
     def post(self, seq: int, message) -> bool:
         """Publish `message` (at most out_bytes) as number `seq`. True: the peer sleeps, ring it."""
         n = len(message)
-        self.window.buf[self._out_at:self._out_at + n] = message
+        self._buf[self._out_at:self._out_at + n] = message
         return bool(lib.cxl_mbox_post(self._out_len, n, self._out_seq, seq, self._peer_sleep))
 
     def fits(self, message) -> bool:
@@ -99,7 +104,7 @@ class Mailbox:
         n = lib.cxl_mbox_load(self._in_len)
         if n > self._in_bytes:
             return None
-        return self.window.buf[self._in_at:self._in_at + n].tobytes()
+        return self._buf[self._in_at:self._in_at + n].tobytes()
 
     def sleeping(self, asleep: bool) -> None:
         """Raise (before sleeping on the socket) or lower this side's sleeping word."""
@@ -111,13 +116,9 @@ class Mailbox:
         lib.cxl_mbox_store(self._copied, seq)
 
     def wait_copied(self, seq: int, spin_s: float) -> bool:
-        """Host: poll up to spin_s for the server to have copied put `seq` out of the window."""
-        return bool(lib.cxl_mbox_wait(self._copied, seq, spin_s))
-
-    def close(self) -> None:
-        if self._raw is not None:
-            ffi.release(self._raw)
-            self._raw = None
+        """Host: poll up to spin_s for the server to have copied put `seq` (or a later one)
+        out of the window."""
+        return bool(lib.cxl_mbox_wait_reach(self._copied, seq, spin_s))
 
 
 class Inboxes:

@@ -44,6 +44,9 @@ MAX_UNBOUND_STREAMS = 64
 # while polling, mailboxes are looked at this often per look at the sockets: a look at a mailbox
 # costs well under a microsecond, a poll of the sockets a few
 MAIL_LOOKS = 16
+# the sockets are polled at least once per this many rounds of mailbox requests, so hosts that
+# keep their mailboxes busy cannot starve the hosts that use sockets
+MAIL_ROUNDS = 8
 ACTIVE_S = 0.01                # a host that sent nothing for this long is idle (no polling for it)
 
 
@@ -63,7 +66,8 @@ class _Conn:
     token: str = ""                      # what this host presents to bind a local stream
     stream: "_Stream | None" = None      # when bound, every reply goes there
     released: float = 0.0                # when a barrier last released it (it runs from then)
-    mailbox: Mailbox | None = None       # with a window and a bound stream (mailbox.py)
+    control: Mailbox | None = None       # the mailbox words of the window (mailbox.py)
+    mailbox: Mailbox | None = None       # the same, while requests may come through it
     ident: bytes = b""
 
 
@@ -148,12 +152,18 @@ class PoolServer:
         if self._listener is not None:
             poller.register(self._listener, zmq.POLLIN)
         next_reap = 0.0
-        busy = False
+        busy, mail_rounds = False, 0
         while not self._stop and (end is None or time.monotonic() < end):
             # right after work, the next request is likely close behind: poll for it
             events = self._spin(poller) if busy and self.spin_s else []
-            if not events and not self._mail_waiting():
-                events = self._sleep(poller)
+            if events:
+                mail_rounds = 0
+            elif not self._mail_waiting():
+                events, mail_rounds = self._sleep(poller), 0
+            elif mail_rounds >= MAIL_ROUNDS:     # mail keeps coming: the sockets get a turn
+                events, mail_rounds = poller.poll(0), 0
+            else:
+                mail_rounds += 1
             busy = self._serve_mail() or bool(events)
             for what, _ in events:
                 if what is self.sock:
@@ -235,7 +245,7 @@ class PoolServer:
         return served
 
     def _open_mailbox(self, conn: _Conn) -> None:
-        conn.mailbox = Mailbox(conn.window, "server")
+        conn.mailbox = conn.control
         self._inbox.add(conn.mailbox)
         self._mail_conns.append(conn)
 
@@ -243,8 +253,13 @@ class PoolServer:
         if conn.mailbox is not None:
             self._inbox.remove(conn.mailbox)
             self._mail_conns.remove(conn)
-            conn.mailbox.close()
             conn.mailbox = None
+
+    def _close_window(self, conn: _Conn, unlink: bool) -> None:
+        self._close_mailbox(conn)
+        conn.control = None       # its words hold the mapping: they go first (mailbox.py)
+        if conn.window is not None:
+            conn.window.close(unlink=unlink)
 
     def _ring(self, conn: _Conn) -> None:
         """Wake a host sleeping on its stream: its mailbox has a reply."""
@@ -257,9 +272,7 @@ class PoolServer:
 
     def close(self) -> None:
         for conn in self._conns.values():
-            self._close_mailbox(conn)
-            if conn.window is not None:
-                conn.window.close()
+            self._close_window(conn, unlink=False)
         self._conns.clear()
         for stream in list(self._streams.values()):
             self._close_stream(stream)
@@ -428,15 +441,21 @@ class PoolServer:
             if out is not None:
                 result, reply_frames = out
                 self._send(ident, P.encode_reply(req_id, result), reply_frames, stream)
-            if self._after is not None:      # work a handler left for after its reply
-                after, self._after = self._after, None
-                after()
             self.served += 1
         except PoolError as exc:
+            self._after = None
             self._error(ident, req_id, P.E_REFUSED, str(exc))
         except Exception as exc:    # a bug: say so, keep serving the others
+            self._after = None
             print(f"cxlsim pool: internal error on {cmd}: {exc!r}", file=self.log)
             self._error(ident, req_id, P.E_INTERNAL, f"{cmd}: internal server error: {exc!r}")
+        if self._after is not None:          # work a handler left for after its reply: the
+            after, self._after = self._after, None     # request is answered, so no error reply
+            try:
+                after()
+            except Exception as exc:
+                print(f"cxlsim pool: internal error after answering {cmd}: {exc!r}",
+                      file=self.log)
 
     def _sync(self) -> dict:
         return {"quantum": self.pool.quantum, "quantum_ns": self.pool.quantum_ns,
@@ -463,6 +482,8 @@ class PoolServer:
             raise
         conn = self._conns[ident] = _Conn(host, time.monotonic(), window, secrets.token_hex(16),
                                           ident=ident)
+        if window is not None:
+            conn.control = Mailbox(window, "server")
         self._by_host[host] = ident
         print(f"cxlsim pool: host {host} attached (quota {args['quota']} B, "
               f"shm {'yes' if window else 'no'})", file=self.log)
@@ -473,15 +494,13 @@ class PoolServer:
         conn = self._conns[ident]
         if conn.stream is not None:
             self._close_stream(conn.stream)
-        self._close_mailbox(conn)
         del self._conns[ident]
         self._by_host.pop(conn.host, None)
         self._waiting.pop(conn.host, None)
         self._released.pop(conn.host, None)
         self.pool.detach(conn.host)
-        if conn.window is not None:
-            # a dead host cannot remove its window any more; a detaching one already may have
-            conn.window.close(unlink=reason != "detached")
+        # a dead host cannot remove its window any more; a detaching one already may have
+        self._close_window(conn, unlink=reason != "detached")
         s = self.pool.stats()
         print(f"cxlsim pool: host {conn.host} {reason}; pool used {s['used_bytes']} B + free "
               f"{s['free_bytes']} B = {s['capacity_bytes']} B", file=self.log)
@@ -564,13 +583,21 @@ class PoolServer:
         return self.pool.put_many(conn.host, zip(args["keys"], blobs), args["shared"]), ()
 
     def _copy_out(self, conn: _Conn, seq: int, keys, places, accepted) -> None:
-        """The blocks of a put answered through the mailbox, into the pool; then tell the host."""
+        """The blocks of a put answered through the mailbox, into the pool; then tell the host
+        (through the window's words, which outlive a dropped stream). A block that cannot be
+        copied (no memory) leaves the pool: it must not read as zeros."""
         buf = conn.window.buf
-        for key, (off, n), refused in zip(keys, places, accepted):
-            if refused is None:
-                self.pool.fill(key, buf[off:off + n].tobytes())
-        if conn.mailbox is not None:
-            conn.mailbox.copied(seq)
+        try:
+            for key, (off, n), refused in zip(keys, places, accepted):
+                if refused is None:
+                    try:
+                        self.pool.fill(key, buf[off:off + n].tobytes())
+                    except MemoryError:
+                        self.pool.discard(key)
+                        print(f"cxlsim pool: block {key} of host {conn.host} dropped: no memory "
+                              f"to copy it out of the window", file=self.log)
+        finally:
+            conn.control.copied(seq)
 
     def _cmd_get(self, ident, conn, req_id, args, data):
         blobs = self.pool.get_many(conn.host, args["keys"])

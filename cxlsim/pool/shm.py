@@ -94,7 +94,10 @@ class ShmWindow:
         """Unmap; the owner (or the server, for a dead host) also removes the file."""
         if self.buf is None:
             return
-        self.buf.release()
+        try:
+            self.buf.release()
+        except BufferError:     # a mailbox still polled by another thread holds it: the
+            pass                # mapping stays until that lets go, never unmapped under it
         self.buf = None
         try:
             self._map.close()
