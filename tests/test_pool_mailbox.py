@@ -3,6 +3,7 @@ requests and replies that fit go through the window, larger ones over the stream
 server or client is rung, never left waiting; a host scribbling on its own mailbox gets error
 replies and changes nothing; blocks written into block_buffers are stored without a copy."""
 import io
+import os
 import threading
 
 import msgpack
@@ -212,20 +213,60 @@ def test_block_buffers_store_blocks_written_in_place(host):
         c.block_buffers([4 * MIB])
 
 
-def test_block_buffers_need_a_window_and_windows_need_room_for_the_mailbox(server):
+def test_block_buffers_need_a_window(server):
     with PoolClient(server[0], 8, timeout_s=5.0, use_shm=False) as c:
-        small = ShmWindow.create(DATA_START)
-        try:
-            with pytest.raises(PoolError, match=f"it needs more than {DATA_START} B"):
-                c._call("attach", {"host": 8, "quota": 0, "shm": small.name})
-        finally:
-            small.close()
         c.attach(8, 0)
+        assert c.window is None and c.transport == "stream"
         with pytest.raises(PoolError, match="needs a shared-memory window"):
             c.block_buffers([10])
         c.detach(8)
     with pytest.raises(PoolError, match=f"shm_bytes must be an integer above {DATA_START}"):
         PoolClient(server[0], 9, use_shm=True, shm_bytes=4096)
+
+
+def test_a_window_is_sealed_so_its_host_cannot_shrink_it():
+    """A host that could truncate its window would make the server die of SIGBUS the next time
+    it looks at the mailbox; the window's seals refuse it."""
+    window = ShmWindow.create(DATA_START + 4096)
+    try:
+        for size in (0, DATA_START, DATA_START + 8192):
+            with pytest.raises(PermissionError):
+                os.ftruncate(window.fd, size)
+        assert os.fstat(window.fd).st_size == DATA_START + 4096
+    finally:
+        window.close()
+
+
+_CREATE = ShmWindow.create
+
+
+def _unsealed(size):
+    fd = os.memfd_create("not-sealed", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, size)
+    return ShmWindow(fd, size, keep_fd=True)
+
+
+@pytest.mark.parametrize("make, says", [
+    (_unsealed, "sealed against shrinking"),
+    (lambda size: _CREATE(DATA_START), f"of {DATA_START + 1}.."),   # no room for data
+])
+def test_the_server_maps_only_sealed_windows_with_room(server, monkeypatch, make, says):
+    monkeypatch.setattr(client_module.ShmWindow, "create", staticmethod(make))
+    with PoolClient(server[0], 13, timeout_s=5.0, use_shm=True, shm_bytes=2 * MIB) as c:
+        c.attach(13, MIB)
+        assert c.window is None and c.transport == "zeromq"     # refused: sockets only
+        c.put(13, 77, b"still served")
+        assert c.get(13, 77) == b"still served"
+        c.detach(13)
+    with open(server[2]) as log:
+        assert says in log.read()
+
+
+def test_detach_unmaps_the_window(host):
+    c = host(14)
+    assert c.window is not None and c.window.fd is None      # handed over, descriptor closed
+    c.detach(14)
+    assert c.window is None and c.transport == "zeromq"
 
 
 def test_puts_answered_before_their_copy_are_never_overwritten(server):

@@ -6,8 +6,10 @@ socket is rebuilt (same identity) so a late reply cannot be mistaken for the nex
 carry the request id; stale ones are dropped.
 
 After attach, a client on the server's machine moves to the server's local stream (a Unix socket,
-stream.py) unless `use_stream=False`; `transport` says which it uses. A closed stream is a
-PoolError saying the server restarted or is down.
+stream.py) unless `use_stream=False`, and with `use_shm` hands the server a shared-memory window
+(shm.py) with the stream's hello: then requests go through the window's mailbox (mailbox.py) and
+blocks through its data area. `transport` says which it uses. A closed stream is a PoolError
+saying the server restarted or is down.
 
 `exchange` may legitimately wait for slower hosts (or stay parked while others have work):
 while waiting it sends heartbeats, and each answer (which lists the hosts that have handed in)
@@ -35,7 +37,8 @@ from .local import as_bytes
 from .mailbox import DATA_START, Mailbox
 from .shm import DEFAULT_WINDOW_BYTES, ShmWindow
 from .stream import (CLIENT_SPIN_US, DOORBELL, STREAM_GONE, WAIT_SLICE_S, MessageReader,
-                     is_doorbell, recv_message, send_message, spin_budget_s, tune, wait_in_kernel)
+                     is_doorbell, message_prefix, recv_message, send_message, spin_budget_s, tune,
+                     wait_in_kernel)
 
 # requests that never go through the mailbox: detach closes the stream its doorbell would use
 STREAM_ONLY = frozenset({"detach"})
@@ -166,14 +169,25 @@ class PoolClient:
         return "stream" if self._stream is not None else "zeromq"
 
     def _open_stream(self, path: str, token: str) -> None:
-        """Send every later request over the server's local stream (same machine only)."""
+        """Send every later request over the server's local stream (same machine only), and
+        with use_shm hand the server a shared-memory window with the stream's hello."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        window = None
         try:
             sock.settimeout(self.timeout_s)
             tune(sock)
             sock.connect(path)
             wait_in_kernel(sock)
-            send_message(sock, [P.encode_stream_hello(token)], self.timeout_s)
+            hello = P.encode_stream_hello(token)
+            if self._want_shm:
+                try:
+                    window = ShmWindow.create(self._shm_bytes)
+                except OSError:          # no sealed memfds here: the stream without a window
+                    window = None
+            if window is not None:       # the window's descriptor travels with the hello
+                socket.send_fds(sock, [message_prefix([hello]) + hello], [window.fd])
+            else:
+                send_message(sock, [hello], self.timeout_s)
             limit = max(self.server_info.get("max_frame_bytes", P.DEFAULT_MAX_FRAME_BYTES),
                         P.MAX_HEADER_BYTES * 16)   # a reply header may be large (stats, deltas)
             reader, pending = MessageReader(sock, limit), []
@@ -183,10 +197,14 @@ class PoolClient:
             ok = False
         if not ok:               # another machine's path, or refused: ZeroMQ it is
             sock.close()
+            if window is not None:
+                window.close()
             return
         self._stream, self._stream_reader, self._stream_pending = sock, reader, pending
-        if self._control is not None:        # the server opens its side as the stream binds
-            self._mailbox = self._control
+        if window is not None:   # the server has mapped it and opened its side of the mailbox
+            window.drop_fd()
+            self.window = window
+            self._control = self._mailbox = Mailbox(window, "host")
 
     def _drop_stream(self) -> None:
         self._mailbox = None                 # no doorbell without the stream
@@ -348,21 +366,7 @@ class PoolClient:
     # ------------------------------------------------------------------ membership
     def attach(self, host: int, quota_bytes: int = 0) -> None:
         self._me(host)
-        name = None
-        if self._want_shm and self.window is None:
-            self.window = ShmWindow.create(self._shm_bytes)
-            self._control = Mailbox(self.window, "host")
-        if self.window is not None:
-            name = self.window.name
-        try:
-            info = self._call("attach", {"host": host, "quota": int(quota_bytes), "shm": name})
-        except PoolError as exc:
-            if self.window is not None and "cannot be opened here" in str(exc):
-                self._close_window()     # server on another machine: sockets only
-                info = self._call("attach", {"host": host, "quota": int(quota_bytes),
-                                             "shm": None})
-            else:
-                raise
+        info = self._call("attach", {"host": host, "quota": int(quota_bytes)})
         self.quantum_ns = info["quantum_ns"]
         self.server_info = info
         if self._want_stream and info.get("stream") and self._stream is None:

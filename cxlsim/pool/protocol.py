@@ -159,8 +159,7 @@ OPS = columns(MAX_OPS, finite, integer(0, 1 << 62), OP_KIND, KEY, integer(0, MAX
 
 #: command -> (schema {field: checker}, data frames: "none" | "per_key" | "per_key_unless_shm")
 COMMANDS: dict[str, tuple[dict, str]] = {
-    "attach": ({"host": integer(0, MAX_HOST), "quota": integer(0, 1 << 62),
-                "shm": optional(string(64))}, "none"),
+    "attach": ({"host": integer(0, MAX_HOST), "quota": integer(0, 1 << 62)}, "none"),
     "resize": ({"quota": integer(0, 1 << 62)}, "none"),
     "detach": ({}, "none"),
     "heartbeat": ({}, "none"),

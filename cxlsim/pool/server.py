@@ -20,6 +20,7 @@ import secrets
 import shutil
 import signal
 import socket
+import struct
 import sys
 import tempfile
 import time
@@ -37,6 +38,7 @@ from .shm import ShmWindow
 from .stream import (DOORBELL, SERVER_SPIN_US, MessageReader, is_doorbell, send_message,
                      spin_budget_s, tune)
 
+_HELLO_HEAD = struct.Struct("<II")      # a stream message's frame count and its one length
 POLL_MS = 50
 HELLO_BYTES = 256              # a stream hello is far smaller
 HELLO_WAIT_S = 2.0             # an unbound stream is closed after this long
@@ -81,13 +83,14 @@ class _MailReply:
 
 class _Stream:
     """One accepted local-stream connection; `ident` is set once it presented a valid token.
-    Until then it may send one small hello and nothing else, and only for HELLO_WAIT_S."""
+    Until then it may send one small hello (with at most one descriptor: its shared-memory
+    window) and nothing else, and only for HELLO_WAIT_S."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
-        # never blocks: a poll event can be stale when a closed stream's descriptor is reused
-        self.reader = MessageReader(sock, HELLO_BYTES, max_frames=1, max_body_bytes=HELLO_BYTES,
-                                    flags=socket.MSG_DONTWAIT)
+        self.reader: MessageReader | None = None     # once bound
+        self.hello = b""                # the hello's bytes so far
+        self.fds: list[int] = []        # descriptors that came with them
         self.ident: bytes | None = None
         self.opened = time.monotonic()
 
@@ -255,11 +258,11 @@ class PoolServer:
             self._mail_conns.remove(conn)
             conn.mailbox = None
 
-    def _close_window(self, conn: _Conn, unlink: bool) -> None:
+    def _close_window(self, conn: _Conn) -> None:
         self._close_mailbox(conn)
         conn.control = None       # its words hold the mapping: they go first (mailbox.py)
         if conn.window is not None:
-            conn.window.close(unlink=unlink)
+            conn.window.close()
 
     def _ring(self, conn: _Conn) -> None:
         """Wake a host sleeping on its stream: its mailbox has a reply."""
@@ -272,7 +275,7 @@ class PoolServer:
 
     def close(self) -> None:
         for conn in self._conns.values():
-            self._close_window(conn, unlink=False)
+            self._close_window(conn)
         self._conns.clear()
         for stream in list(self._streams.values()):
             self._close_stream(stream)
@@ -327,9 +330,34 @@ class PoolServer:
         if conn is not None and conn.stream is stream:
             conn.stream = None           # replies go back to ZeroMQ
             self._close_mailbox(conn)    # its doorbell was this stream
+        for fd in stream.fds:            # descriptors a hello brought and nobody took
+            os.close(fd)
+        stream.fds.clear()
         stream.sock.close()
 
+    def _read_hello(self, stream: _Stream) -> None:
+        """Read (part of) an unbound stream's hello, and the descriptor it may carry; bind the
+        stream once the hello is whole. Anything else closes the stream."""
+        try:        # never blocks: a poll event can be stale when a descriptor is reused
+            data, fds, _, _ = socket.recv_fds(stream.sock, HELLO_BYTES, 2, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            data, fds = b"", []
+        stream.fds += fds
+        stream.hello += data
+        hello = stream.hello
+        count, length = _HELLO_HEAD.unpack_from(hello) if len(hello) >= 8 else (1, 0)
+        if not data or len(stream.fds) > 1 or len(hello) > HELLO_BYTES or count != 1 \
+                or len(hello) > 8 + length:
+            self._close_stream(stream)   # closed, or not a hello of one frame and at most one fd
+        elif len(hello) >= 8 and len(hello) == 8 + length:
+            self._bind_stream(stream, [memoryview(hello)[8:]])
+
     def _read_stream(self, stream: _Stream) -> None:
+        if stream.ident is None:
+            self._read_hello(stream)
+            return
         try:
             messages = stream.reader.read()
             while not messages and stream.reader.in_body:   # the rest of a large body is
@@ -345,15 +373,12 @@ class PoolServer:
             self._close_stream(stream)
             return
         for frames in messages:
-            if stream.ident is None:
-                self._bind_stream(stream, frames)
-                if stream.ident is None:
-                    return
-            elif not is_doorbell(frames):    # a doorbell only wakes the loop: mailboxes are next
+            if not is_doorbell(frames):      # a doorbell only wakes the loop: mailboxes are next
                 self._handle(stream.ident, frames, stream)
 
     def _bind_stream(self, stream: _Stream, frames) -> None:
-        """The first message on a stream is a hello with the token an attached host was given."""
+        """The first message on a stream is a hello with the token an attached host was given,
+        and maybe the descriptor of its shared-memory window."""
         try:
             token = P.decode_stream_hello(frames[0]) if len(frames) == 1 else ""
         except ProtocolError:
@@ -361,10 +386,19 @@ class PoolServer:
         for ident, conn in self._conns.items():
             if token and conn.token and secrets.compare_digest(conn.token.encode(),
                                                                 token.encode()):
+                if stream.fds and conn.window is None:
+                    try:
+                        self._adopt_window(conn, stream.fds.pop())
+                    except PoolError as exc:
+                        print(f"cxlsim pool: host {conn.host}: {exc}", file=self.log)
+                        break
                 if conn.stream is not None:
                     self._close_stream(conn.stream)
                 conn.token = ""          # one use: nobody else can take this host's stream
                 stream.ident, conn.stream = ident, stream
+                for fd in stream.fds:    # (a second window for a host that has one)
+                    os.close(fd)
+                stream.fds.clear()
                 limit = max(self.max_frame_bytes, P.MAX_HEADER_BYTES)
                 stream.reader = MessageReader(stream.sock, limit,
                                               max_body_bytes=2 * limit + P.MAX_HEADER_BYTES,
@@ -373,8 +407,15 @@ class PoolServer:
                     self._open_mailbox(conn)
                 self._send(ident, P.encode_reply(None, {"stream": True}), (), stream)
                 return
-        print("cxlsim pool: local stream without a valid token closed", file=self.log)
+        else:
+            print("cxlsim pool: local stream without a valid token closed", file=self.log)
         self._close_stream(stream)
+
+    def _adopt_window(self, conn: _Conn, fd: int) -> None:
+        window = ShmWindow.adopt(fd, DATA_START)     # (room for the mailbox, then data)
+        conn.window, conn.control = window, Mailbox(window, "server")
+        print(f"cxlsim pool: host {conn.host} handed in a shared-memory window of "
+              f"{window.size} B", file=self.log)
 
     # ------------------------------------------------------------------ replies
     def _send(self, ident: bytes, header: bytes, frames=(), stream=None) -> None:
@@ -469,24 +510,11 @@ class PoolServer:
         if ident in self._conns:
             raise PoolError(f"this connection is already attached as host "
                             f"{self._conns[ident].host}")
-        window = ShmWindow.open(args["shm"]) if args["shm"] is not None else None
-        if window is not None and window.size <= DATA_START:
-            window.close(unlink=False)
-            raise PoolError(f"shm window of {window.size} B: it needs more than {DATA_START} B "
-                            f"(a mailbox, then the data area)")
-        try:
-            self.pool.attach(host, args["quota"])   # refuses a host id already attached
-        except PoolError:
-            if window is not None:
-                window.close(unlink=False)
-            raise
-        conn = self._conns[ident] = _Conn(host, time.monotonic(), window, secrets.token_hex(16),
+        self.pool.attach(host, args["quota"])   # refuses a host id already attached
+        conn = self._conns[ident] = _Conn(host, time.monotonic(), None, secrets.token_hex(16),
                                           ident=ident)
-        if window is not None:
-            conn.control = Mailbox(window, "server")
         self._by_host[host] = ident
-        print(f"cxlsim pool: host {host} attached (quota {args['quota']} B, "
-              f"shm {'yes' if window else 'no'})", file=self.log)
+        print(f"cxlsim pool: host {host} attached (quota {args['quota']} B)", file=self.log)
         self._send(ident, P.encode_reply(req_id, {**self._sync(), "stream": self.stream_path,
                                                   "stream_token": conn.token}), (), self._via)
 
@@ -499,8 +527,7 @@ class PoolServer:
         self._waiting.pop(conn.host, None)
         self._released.pop(conn.host, None)
         self.pool.detach(conn.host)
-        # a dead host cannot remove its window any more; a detaching one already may have
-        self._close_window(conn, unlink=reason != "detached")
+        self._close_window(conn)
         s = self.pool.stats()
         print(f"cxlsim pool: host {conn.host} {reason}; pool used {s['used_bytes']} B + free "
               f"{s['free_bytes']} B = {s['capacity_bytes']} B", file=self.log)

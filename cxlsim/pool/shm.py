@@ -1,97 +1,99 @@
-"""Shared-memory windows: the zero-copy path for a host on the same machine as the pool server.
+"""Shared-memory windows: the path for a host on the same machine as the pool server.
 
-Each host creates one window (a file in /dev/shm, mapped by both processes). Block bytes are
-written into it and the socket carries only (offset, nbytes). One window per host, never the
-pool's own memory, so a host can only ever see bytes the server chose to copy into its window:
-isolation holds on this path too.
+Each host creates one window and hands it to the server with its local stream's hello (the file
+descriptor travels over the Unix socket, SCM_RIGHTS): the window starts with the mailbox
+(mailbox.py), then a data area where block bytes are written, so the sockets carry no blocks.
+One window per host, never the pool's own memory, so a host can only ever see bytes the server
+chose to copy into its window: isolation holds on this path too.
 
-Why a plain file + mmap rather than multiprocessing.shared_memory: on Python < 3.13 opening a
-segment registers it with the opener's resource tracker, which unlinks it (and warns) when the
-*server* exits; a file we name and unlink ourselves has exactly one owner.
+Why a sealed memfd rather than a file in /dev/shm: a file has a name, so any process of the
+same user could open another host's window and post requests in its mailbox as that host; and
+a host could truncate its file, making the server die of SIGBUS the next time it looks at the
+mailbox. A memfd has no name, and its seals (no shrinking, no growing, no more seals) are
+checked by the server before it maps it, so neither can happen. It also goes away by itself
+once both processes have unmapped it, whatever way they end.
 """
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
-import re
-import secrets
 import stat
-import tempfile
-import weakref
 
 from ..errors import PoolError
 
-PREFIX = "cxlsim-pool-"
-NAME_RE = re.compile(r"cxlsim-pool-[0-9a-f]{32}\Z")
 DEFAULT_WINDOW_BYTES = 64 << 20
 MAX_WINDOW_BYTES = 1 << 34
+SEALS = getattr(fcntl, "F_SEAL_SHRINK", 0) | getattr(fcntl, "F_SEAL_GROW", 0) \
+    | getattr(fcntl, "F_SEAL_SEAL", 0)
 
 
-def _unlink_quietly(path: str, creator_pid: int) -> None:
-    if os.getpid() != creator_pid:      # a forked child exiting: the window is its parent's
-        return
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def shm_dir() -> str:
-    """/dev/shm where it exists (memory-backed), else the temp directory."""
-    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) \
-        else tempfile.gettempdir()
+def available() -> bool:
+    """Whether this platform has sealed memfds (Linux)."""
+    return hasattr(os, "memfd_create") and hasattr(fcntl, "F_ADD_SEALS")
 
 
 class ShmWindow:
-    """A mapped window. `buf` is a writable memoryview of `size` bytes."""
+    """A mapped window. `buf` is a writable memoryview of `size` bytes. A host's window keeps
+    its descriptor (`fd`) until it has handed it to the server (`drop_fd`)."""
 
-    def __init__(self, name: str, fd: int, size: int, owner: bool):
-        self.name, self.size, self.owner = name, size, owner
-        self.path = os.path.join(shm_dir(), name)
+    def __init__(self, fd: int, size: int, keep_fd: bool):
+        self.size = size
         try:
             self._map = mmap.mmap(fd, size)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        if keep_fd:
+            self.fd = fd
+        else:
+            os.close(fd)
+            self.fd = None
         self.buf = memoryview(self._map)
 
     @classmethod
     def create(cls, size: int = DEFAULT_WINDOW_BYTES) -> "ShmWindow":
-        """New window owned by the caller (the host), readable and writable by its user only."""
-        name = PREFIX + secrets.token_hex(16)
-        fd = os.open(os.path.join(shm_dir(), name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        """New window for the calling host, sealed at its size. OSError where memfds are
+        missing or refused."""
+        if not available():
+            raise OSError("no sealed memfds on this platform")
+        fd = os.memfd_create("cxlsim-pool-window", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             os.ftruncate(fd, size)
-        except OSError:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+        except BaseException:
             os.close(fd)
-            os.unlink(os.path.join(shm_dir(), name))
             raise
-        window = cls(name, fd, size, owner=True)
-        # a host that never closes its client still removes its window when it exits normally
-        window._cleanup = weakref.finalize(window, _unlink_quietly, window.path, os.getpid())
-        return window
+        return cls(fd, size, keep_fd=True)
 
     @classmethod
-    def open(cls, name: str, max_size: int = MAX_WINDOW_BYTES) -> "ShmWindow":
-        """Map a host's window by name (server side). Only names this module makes, regular files
-        of our own user: a client must not make the server map (or write) anything else."""
-        if type(name) is not str or not NAME_RE.match(name):
-            raise PoolError(f"shm window name {name!r:.70} is not one cxlsim makes")
-        path = os.path.join(shm_dir(), name)
+    def adopt(cls, fd: int, min_size: int, max_size: int = MAX_WINDOW_BYTES) -> "ShmWindow":
+        """Map a window a host handed over (server side); the descriptor is the window's
+        (closed here). Only a memfd sealed against shrinking and growing, of min_size+1 ..
+        max_size bytes: a client must not make the server map anything else."""
         try:
-            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+            st = os.fstat(fd)
+            seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS) if available() else 0
         except OSError as exc:
-            raise PoolError(f"shm window {name} cannot be opened here ({exc.strerror}); "
-                            f"is the host on another machine?") from None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() \
-                or not 0 < st.st_size <= max_size:
             os.close(fd)
-            raise PoolError(f"shm window {name} is not a regular file of this user of "
-                            f"1..{max_size} B")
-        return cls(name, fd, st.st_size, owner=False)
+            raise PoolError(f"shm window refused: {exc.strerror}") from None
+        if not stat.S_ISREG(st.st_mode) or seals & SEALS != SEALS \
+                or not min_size < st.st_size <= max_size:
+            os.close(fd)
+            raise PoolError(f"shm window refused: it must be a memfd sealed against shrinking, "
+                            f"growing and resealing, of {min_size + 1}..{max_size} B (got "
+                            f"{st.st_size} B, seals {seals:#x})")
+        return cls(fd, st.st_size, keep_fd=False)
 
-    def close(self, unlink: bool | None = None) -> None:
-        """Unmap; the owner (or the server, for a dead host) also removes the file."""
+    def drop_fd(self) -> None:
+        """The server has the window: this side no longer needs its descriptor."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def close(self) -> None:
+        """Unmap (the memory goes once the other side has unmapped too)."""
+        self.drop_fd()
         if self.buf is None:
             return
         try:
@@ -103,8 +105,3 @@ class ShmWindow:
             self._map.close()
         except BufferError:     # a caller still holds a view; the map goes with it
             pass
-        if self.owner if unlink is None else unlink:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
