@@ -66,3 +66,14 @@ def wait_for(pred, timeout_s: float, what: str):
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def detach_and_close(clients) -> None:
+    """Test teardown: detach each client if it still can, then close it."""
+    from cxlsim.errors import PoolError
+    for c in clients:
+        try:
+            c.detach(c.host_id)
+        except PoolError:
+            pass
+        c.close()

@@ -22,7 +22,7 @@ from cxlsim.pool.local import LocalPool
 from cxlsim.pool.mailbox import DATA_START, REPLY_BYTES, REQUEST_BYTES, Mailbox
 from cxlsim.pool.server import PoolServer
 from cxlsim.pool.shm import ShmWindow
-from pool_support import pool_server
+from pool_support import detach_and_close, pool_server
 from test_pool_fuzz import malformed
 
 MIB = 1 << 20
@@ -46,12 +46,7 @@ def host(server):
         opened.append(c)
         return c
     yield make
-    for c in opened:
-        try:
-            c.detach(c.host_id)
-        except PoolError:
-            pass
-        c.close()
+    detach_and_close(opened)
 
 
 def test_a_post_and_a_sleeper_never_miss_each_other():

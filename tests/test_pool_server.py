@@ -18,7 +18,7 @@ from cxlsim.pool.api import PoolOp
 from cxlsim.pool.client import PoolClient
 from cxlsim.pool.local import LocalPool
 from cxlsim.pool.server import PoolServer, _Conn
-from pool_support import pool_server, stop
+from pool_support import detach_and_close, pool_server, stop
 
 MIB = 1 << 20
 
@@ -38,12 +38,7 @@ def clients(server):
         opened.append(c)
         return c
     yield make
-    for c in opened:
-        try:
-            c.detach(c.host_id)
-        except PoolError:
-            pass
-        c.close()
+    detach_and_close(opened)
 
 
 def raw_socket(endpoint):
