@@ -589,7 +589,7 @@ class PoolServer:
         if args["shm"] is not None:
             win = conn.window
             if win is None:
-                raise PoolError("put: this host attached without a shm window")
+                raise PoolError("put: this host handed the server no shared-memory window")
             for off, n in args["shm"]:
                 if off < DATA_START or off + n > win.size:
                     raise PoolError(f"put: [{off}, {off + n}) is outside the window's data area "
@@ -632,7 +632,7 @@ class PoolServer:
             return None, blobs
         win = conn.window
         if win is None:
-            raise PoolError("get: this host attached without a shm window")
+            raise PoolError("get: this host handed the server no shared-memory window")
         places, frames, off = [], [], DATA_START
         for blob in blobs:       # what fits goes through the window, the rest as frames
             if off + len(blob) <= win.size:
