@@ -55,5 +55,9 @@ class PoolError(CxlsimError, RuntimeError):
     """A pool server refused a request or could not be reached."""
 
 
+class PoolTimeout(PoolError):
+    """No reply in time: the server may still carry the request out later."""
+
+
 class ProtocolError(PoolError, ValueError):
     """A pool frame broke the wire protocol (cxlsim/pool/protocol.py); the message names the field."""

@@ -2,9 +2,13 @@
 requests and replies that fit go through the window, larger ones over the stream; a sleeping
 server or client is rung, never left waiting; a host scribbling on its own mailbox gets error
 replies and changes nothing; blocks written into block_buffers are stored without a copy."""
+import fcntl
 import io
 import os
+import signal
+import socket
 import threading
+import time
 
 import msgpack
 import numpy as np
@@ -15,7 +19,7 @@ from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 import cxlsim.pool.client as client_module
 import cxlsim.pool.server as server_module
 from cxlsim._core import ffi, lib
-from cxlsim.errors import PoolError
+from cxlsim.errors import PoolError, PoolTimeout
 from cxlsim.pool import protocol as P
 from cxlsim.pool.client import PoolClient
 from cxlsim.pool.local import LocalPool
@@ -415,3 +419,133 @@ def test_a_block_that_cannot_be_copied_out_leaves_the_pool(monkeypatch):
         thread.join(10)
         poke.close(0)
         srv.close()
+
+
+def _sealed_against_writes(size):
+    fd = os.memfd_create("write-sealed", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    os.ftruncate(fd, size)
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
+                | fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
+    return _Handed(fd)
+
+
+def _read_only(size):
+    window = _CREATE(size)
+    fd = os.open(f"/proc/self/fd/{window.fd}", os.O_RDONLY)   # the same memfd, read-only
+    window.close()
+    return _Handed(fd)
+
+
+class _Handed:
+    """Just a descriptor to hand over, as a hostile host might."""
+    def __init__(self, fd):
+        self.fd, self.buf = fd, None
+
+    def drop_fd(self):
+        os.close(self.fd)
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+@pytest.mark.parametrize("make", [_sealed_against_writes, _read_only])
+def test_a_window_the_server_could_not_write_is_refused_and_the_server_lives(server, monkeypatch,
+                                                                             make):
+    monkeypatch.setattr(client_module.ShmWindow, "create", staticmethod(make))
+    with PoolClient(server[0], 15, timeout_s=5.0, use_shm=True, shm_bytes=2 * MIB) as c:
+        c.attach(15, MIB)
+        assert c.window is None and c.transport == "zeromq"
+        assert c.lookup(15, [1]) == 0 and server[1].poll() is None
+        c.detach(15)
+
+
+def test_a_descriptor_that_blocks_on_close_does_not_stall_the_server(server):
+    """A local process (no token needed) hands the server a TCP socket whose unsent data and
+    SO_LINGER make close() block; the server must close it off its serving loop."""
+    import struct
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    stuck.connect(listener.getsockname())
+    peer, _ = listener.accept()
+    stuck.setblocking(False)
+    try:
+        while True:
+            stuck.send(b"x" * 65536)
+    except BlockingIOError:
+        pass                                  # its send queue is full and will stay so
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 30))
+    with PoolClient(server[0], 16, timeout_s=3.0, use_shm=False, use_stream=False) as good:
+        good.attach(16, 0)
+        raw = socket.socket(socket.AF_UNIX)
+        raw.connect(good.server_info["stream"])
+        hello = b"\x81\xa1v\x04"              # not a hello: the server closes the stream
+        socket.send_fds(raw, [struct.pack("<II", 1, len(hello)) + hello], [stuck.fileno()])
+        stuck.close()                         # the server holds the last reference now
+        time.sleep(0.3)
+        for _ in range(3):                    # each within 3 s, though close() takes 30
+            assert good.lookup(16, [1]) == 0
+        good.detach(16)
+        raw.close()
+    peer.close()
+    listener.close()
+
+
+def test_a_timed_out_put_gives_up_the_window_and_never_stores_other_bytes(server):
+    """The server stalls past the client's timeout while a put waits in the mailbox. It may
+    still carry the put out later, reading the window: the client gives the window up, so its
+    next blocks cannot land there."""
+    with PoolClient(server[0], 17, timeout_s=1.0, use_shm=True, shm_bytes=2 * MIB,
+                    keepalive=False) as c:
+        c.attach(17, 4 * MIB)
+        assert c.transport == "mailbox"
+        os.kill(server[1].pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(PoolTimeout):
+                c.put(17, 1, b"A" * 65536)
+        finally:
+            threading.Timer(0.3, os.kill, (server[1].pid, signal.SIGCONT)).start()
+        assert c.window is None and c.transport == "zeromq"
+        c.timeout_s = 5.0
+        c.put(17, 2, b"B" * 65536)            # over the socket now
+        try:
+            assert c.get(17, 1) == b"A" * 65536   # the late put, with its own bytes
+        except PoolError as exc:
+            assert "not in the pool" in str(exc)  # or not carried out at all
+        assert c.get(17, 2) == b"B" * 65536
+        c.detach(17)
+
+
+def test_after_a_server_restart_a_host_attaches_again_with_a_new_window():
+    port = _free_port()
+    bind = f"tcp://127.0.0.1:{port}"
+    c = None
+    try:
+        with pool_server(bind=bind, heartbeat_s=60) as (ep, proc, log):
+            c = PoolClient(bind, 1, timeout_s=1.0, use_shm=True,
+                           shm_bytes=DATA_START + 2 * MIB, keepalive=False)
+            c.attach(1, 16 * MIB)
+            c.put(1, 1, b"A" * (3 * MIB // 2))     # answered before its copy
+        with pool_server(bind=bind, heartbeat_s=60) as (ep, proc, log):
+            with pytest.raises(PoolError):
+                c.stats()                           # the old attachment is gone
+            c.attach(1, 16 * MIB)
+            assert c.transport == "mailbox"
+            for i in range(3):                      # each needs the last one's region
+                c.put(1, 2 + i, bytes([i]) * (3 * MIB // 2))
+                assert c.get(1, 2 + i) == bytes([i]) * (3 * MIB // 2)
+            c.detach(1)
+    finally:
+        if c is not None:
+            c.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

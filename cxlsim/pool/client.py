@@ -29,7 +29,7 @@ import numpy as np
 import zmq
 
 from .._core import ffi
-from ..errors import PoolError, ProtocolError
+from ..errors import PoolError, PoolTimeout, ProtocolError
 from . import protocol as P
 from .api import PoolDelta, PoolOp
 from .endpoint import check_endpoint, is_loopback_endpoint
@@ -171,6 +171,7 @@ class PoolClient:
     def _open_stream(self, path: str, token: str) -> None:
         """Send every later request over the server's local stream (same machine only), and
         with use_shm hand the server a shared-memory window with the stream's hello."""
+        self._close_window()     # one a server had before (it restarted): this one gets its own
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         window = None
         try:
@@ -212,12 +213,14 @@ class PoolClient:
             self._stream.close()
             self._stream = None
 
-    def _timeout(self, cmd: str) -> PoolError:
+    def _timeout(self, cmd: str) -> PoolTimeout:
         # drop whatever might still arrive for the old request (the server, seeing the stream
-        # close, answers over ZeroMQ again)
+        # close, answers over ZeroMQ again). The server may still carry the request out, and
+        # read or write the window meanwhile: this client gives the window up (sockets from now)
         self._drop_stream()
+        self._close_window()
         self._connect()
-        return PoolError(f"pool server {self.endpoint}: no reply to {cmd} within "
+        return PoolTimeout(f"pool server {self.endpoint}: no reply to {cmd} within "
                          f"{self.timeout_s:g} s (server down, restarted or unreachable"
                          f"{'; or a wrong server public key' if self._server_key else ''})")
 
@@ -466,10 +469,11 @@ class PoolClient:
         box, deadline = self._control, time.monotonic() + self.timeout_s
         if not box.wait_copied(seq, self.spin_s):
             while not box.wait_copied(seq, 0.0):
-                if time.monotonic() >= deadline:
-                    raise PoolError(f"pool server {self.endpoint}: it has not copied put {seq} "
-                                    f"out of this host's window within {self.timeout_s:g} s "
-                                    f"(server down, stalled or restarted)")
+                if time.monotonic() >= deadline:     # it may yet: the window is given up
+                    self._close_window()
+                    raise PoolTimeout(f"pool server {self.endpoint}: it has not copied put "
+                                      f"{seq} out of this host's window within "
+                                      f"{self.timeout_s:g} s (server down, stalled or restarted)")
                 time.sleep(WAIT_COPY_S)
         self._copying = None
 
@@ -566,19 +570,20 @@ class PoolClient:
         self._me(host)
         keys = [int(k) for k in keys]
         out = []
-        for i in range(0, max(len(keys), 1), P.MAX_BATCH):
-            part = keys[i:i + P.MAX_BATCH]
-            if not part:
-                break
-            use_shm = self.window is not None
-            result, frames = self._call_frames("get", {"keys": part, "shm": use_shm})
-            if not use_shm:
-                out += [bytes(f) for f in frames]
-                continue
-            frames = iter(frames)
-            for off, n in result:
-                out.append(bytes(next(frames)) if off < 0 else
-                           self.window.buf[off:off + n].tobytes())
+        with self._lock:          # the blocks are read out of the window before anyone else
+            for i in range(0, max(len(keys), 1), P.MAX_BATCH):     # may write there
+                part = keys[i:i + P.MAX_BATCH]
+                if not part:
+                    break
+                use_shm = self.window is not None
+                result, frames = self._call_frames("get", {"keys": part, "shm": use_shm})
+                if not use_shm:
+                    out += [bytes(f) for f in frames]
+                    continue
+                frames = iter(frames)
+                for off, n in result:
+                    out.append(bytes(next(frames)) if off < 0 else
+                               self.window.buf[off:off + n].tobytes())
         return out
 
     def free(self, host: int, key: int) -> None:

@@ -19,10 +19,13 @@ import os
 import secrets
 import shutil
 import signal
+import queue
 import socket
+import stat
 import struct
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 
@@ -79,6 +82,38 @@ class _MailReply:
 
     def __init__(self, conn: _Conn, seq: int):
         self.conn, self.seq = conn, seq
+
+
+class _FdCloser:
+    """Closes descriptors that peers sent with a hello and the server does not keep. Plain files
+    (windows) are closed at once; anything else on a thread of its own, since closing some kinds
+    blocks (a socket with SO_LINGER and unsent data) and the serve loop must not."""
+
+    def __init__(self):
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def close(self, fd: int) -> None:
+        try:
+            plain = stat.S_ISREG(os.fstat(fd).st_mode)
+        except OSError:
+            return                       # not open any more
+        if plain:
+            os.close(fd)
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, daemon=True,
+                                            name="cxlsim-pool-fd-closer")
+            self._thread.start()
+        self._queue.put(fd)
+
+    def _run(self) -> None:
+        while True:
+            fd = self._queue.get()
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 class _Stream:
@@ -288,6 +323,7 @@ class PoolServer:
     # ------------------------------------------------------------------ local streams
     def _open_stream_listener(self) -> None:
         self._streams: dict[int, _Stream] = {}            # by file descriptor
+        self._fd_closer = _FdCloser()
         self._mail_conns: list[_Conn] = []      # hosts with a mailbox, in the order of _inbox
         self._inbox = Inboxes()
         self._poller = None
@@ -331,7 +367,7 @@ class PoolServer:
             conn.stream = None           # replies go back to ZeroMQ
             self._close_mailbox(conn)    # its doorbell was this stream
         for fd in stream.fds:            # descriptors a hello brought and nobody took
-            os.close(fd)
+            self._fd_closer.close(fd)
         stream.fds.clear()
         stream.sock.close()
 
@@ -387,9 +423,11 @@ class PoolServer:
             if token and conn.token and secrets.compare_digest(conn.token.encode(),
                                                                 token.encode()):
                 if stream.fds and conn.window is None:
+                    fd = stream.fds.pop()
                     try:
-                        self._adopt_window(conn, stream.fds.pop())
+                        self._adopt_window(conn, fd)
                     except PoolError as exc:
+                        self._fd_closer.close(fd)
                         print(f"cxlsim pool: host {conn.host}: {exc}", file=self.log)
                         break
                 if conn.stream is not None:
@@ -397,7 +435,7 @@ class PoolServer:
                 conn.token = ""          # one use: nobody else can take this host's stream
                 stream.ident, conn.stream = ident, stream
                 for fd in stream.fds:    # (a second window for a host that has one)
-                    os.close(fd)
+                    self._fd_closer.close(fd)
                 stream.fds.clear()
                 limit = max(self.max_frame_bytes, P.MAX_HEADER_BYTES)
                 stream.reader = MessageReader(stream.sock, limit,

@@ -26,6 +26,8 @@ DEFAULT_WINDOW_BYTES = 64 << 20
 MAX_WINDOW_BYTES = 1 << 34
 SEALS = getattr(fcntl, "F_SEAL_SHRINK", 0) | getattr(fcntl, "F_SEAL_GROW", 0) \
     | getattr(fcntl, "F_SEAL_SEAL", 0)
+# seals that would stop the server writing replies and blocks into the window (Linux values)
+WRITE_SEALS = getattr(fcntl, "F_SEAL_WRITE", 0x0008) | getattr(fcntl, "F_SEAL_FUTURE_WRITE", 0x0010)
 
 
 def available() -> bool:
@@ -68,22 +70,27 @@ class ShmWindow:
 
     @classmethod
     def adopt(cls, fd: int, min_size: int, max_size: int = MAX_WINDOW_BYTES) -> "ShmWindow":
-        """Map a window a host handed over (server side); the descriptor is the window's
-        (closed here). Only a memfd sealed against shrinking and growing, of min_size+1 ..
-        max_size bytes: a client must not make the server map anything else."""
+        """Map a window a host handed over (server side). Only a memfd opened for reading and
+        writing, sealed against shrinking, growing and resealing but not against writes, of
+        min_size+1 .. max_size bytes: a client must not make the server map anything else.
+        Once mapped the descriptor is closed here; a refused one is left to the caller (a
+        descriptor from a peer may be anything, and closing some kinds can block)."""
         try:
             st = os.fstat(fd)
             seals = fcntl.fcntl(fd, fcntl.F_GET_SEALS) if available() else 0
+            writable = fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDWR
         except OSError as exc:
-            os.close(fd)
             raise PoolError(f"shm window refused: {exc.strerror}") from None
-        if not stat.S_ISREG(st.st_mode) or seals & SEALS != SEALS \
-                or not min_size < st.st_size <= max_size:
-            os.close(fd)
-            raise PoolError(f"shm window refused: it must be a memfd sealed against shrinking, "
-                            f"growing and resealing, of {min_size + 1}..{max_size} B (got "
-                            f"{st.st_size} B, seals {seals:#x})")
-        return cls(fd, st.st_size, keep_fd=False)
+        if not stat.S_ISREG(st.st_mode) or seals & SEALS != SEALS or seals & WRITE_SEALS \
+                or not writable or not min_size < st.st_size <= max_size:
+            raise PoolError(f"shm window refused: it must be a memfd open for reading and "
+                            f"writing, sealed against shrinking, growing and resealing and not "
+                            f"against writes, of {min_size + 1}..{max_size} B (got "
+                            f"{st.st_size} B, seals {seals:#x}, writable {writable})")
+        try:
+            return cls(fd, st.st_size, keep_fd=False)
+        except OSError as exc:      # (cls closed it)
+            raise PoolError(f"shm window refused: cannot map it ({exc})") from None
 
     def drop_fd(self) -> None:
         """The server has the window: this side no longer needs its descriptor."""
