@@ -518,7 +518,7 @@ class PoolClient:
         base = int(ffi.cast("uintptr_t", ffi.from_buffer(self.window.buf)))
         lo, hi = base + DATA_START, base + self.window.size
         places = []
-        for i, (key, buf) in enumerate(items):
+        for _, buf in items:
             at = int(ffi.cast("uintptr_t", ffi.from_buffer(buf)))
             places.append([at - base, len(buf)] if lo <= at and at + len(buf) <= hi else None)
         if all(places):
