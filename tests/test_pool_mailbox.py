@@ -221,6 +221,8 @@ def test_block_buffers_need_a_window(server):
         c.detach(8)
     with pytest.raises(PoolError, match=f"shm_bytes must be an integer above {DATA_START}"):
         PoolClient(server[0], 9, use_shm=True, shm_bytes=4096)
+    with pytest.raises(PoolError, match="use_shm=True needs use_stream=True"):
+        PoolClient(server[0], 9, use_shm=True, use_stream=False)
 
 
 def test_a_window_is_sealed_so_its_host_cannot_shrink_it():

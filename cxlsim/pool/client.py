@@ -69,6 +69,9 @@ class PoolClient:
         if use_shm and not (isinstance(shm_bytes, int) and shm_bytes > DATA_START):
             raise PoolError(f"shm_bytes must be an integer above {DATA_START} (the window's "
                             f"mailbox comes first), got {shm_bytes!r}")
+        if use_shm is True and not use_stream:
+            raise PoolError("use_shm=True needs use_stream=True: the shared-memory window is "
+                            "handed to the server with the local stream's hello")
         self.endpoint = endpoint
         self.host_id = host_id
         self.timeout_s = float(timeout_s)
