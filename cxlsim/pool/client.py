@@ -458,13 +458,18 @@ class PoolClient:
         right after the blocks of the last put while the server may still be copying them out
         (double buffering: this client writes the next blocks during that copy, and the pages
         it writes stay few). Waits for the copy only when neither place is free."""
-        at, copying = DATA_START, self._copying
-        if copying is not None and at < copying[2] and copying[1] < at + nbytes:
-            if copying[2] + nbytes <= self.window.size:
-                at = copying[2]
+        at = DATA_START
+        if self._overlaps_copy(at, nbytes):
+            if self._copying[2] + nbytes <= self.window.size:
+                at = self._copying[2]
             else:
-                self._wait_copied(copying[0])
+                self._wait_copied(self._copying[0])
         return at
+
+    def _overlaps_copy(self, at: int, nbytes: int) -> bool:
+        """Whether [at, at + nbytes) overlaps blocks the server may still be copying."""
+        copying = self._copying
+        return copying is not None and at < copying[2] and copying[1] < at + nbytes
 
     def _wait_copied(self, seq: int) -> None:
         """Until the server has copied put `seq` out of the window. Read from the window's
@@ -509,9 +514,8 @@ class PoolClient:
         of the data area again when they would not fit; never over blocks still being copied."""
         at = self._lend_at if self._lend_at + nbytes <= self.window.size else DATA_START
         self._lend_at = at + nbytes
-        copying = self._copying
-        if copying is not None and at < copying[2] and copying[1] < at + nbytes:
-            self._wait_copied(copying[0])
+        if self._overlaps_copy(at, nbytes):
+            self._wait_copied(self._copying[0])
         return at
 
     def _lent_places(self, items) -> list | None:

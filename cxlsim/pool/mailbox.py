@@ -124,10 +124,11 @@ class Mailbox:
 class Inboxes:
     """The server's look at every host's mailbox at once: which have a request it has not
     taken, found in one call into C however many hosts there are (the server looks between
-    every poll of its sockets)."""
+    every poll of its sockets). Each mailbox is watched for an owner (the server's host)."""
 
     def __init__(self):
         self.boxes: list[Mailbox] = []
+        self.owners: list = []
         self._words = ffi.new("uint64_t *[]", 0)
         self._seen = ffi.new("uint64_t[]", 0)
 
@@ -135,25 +136,27 @@ class Inboxes:
         self._words = ffi.new("uint64_t *[]", [b._in_seq for b in self.boxes])
         self._seen = ffi.new("uint64_t[]", seen)
 
-    def add(self, box: Mailbox) -> None:
-        """Watch box; whatever it holds now is not a request."""
+    def add(self, box: Mailbox, owner) -> None:
+        """Watch box for owner; whatever it holds now is not a request."""
         seen = list(self._seen) + [box.inbound_seq()]
         self.boxes.append(box)
+        self.owners.append(owner)
         self._rebuild(seen)
 
     def remove(self, box: Mailbox) -> None:
         i = self.boxes.index(box)
         seen = list(self._seen)
-        del self.boxes[i], seen[i]
+        del self.boxes[i], self.owners[i], seen[i]
         self._rebuild(seen)
 
     def next_new(self, start: int = 0) -> int:
         """Index of the first mailbox from `start` on with a request not taken yet, or -1."""
         return lib.cxl_mbox_changed(self._words, self._seen, start, len(self.boxes))
 
-    def take(self, i: int) -> tuple[int, bytes | None]:
-        """The request waiting in mailbox i: (its sequence number, a copy of it or None)."""
+    def take(self, i: int) -> tuple:
+        """The request waiting in mailbox i: (its owner, its sequence number, a copy of it or
+        None)."""
         box = self.boxes[i]
         seq = box.inbound_seq()
         self._seen[i] = seq
-        return seq, box.read()
+        return self.owners[i], seq, box.read()

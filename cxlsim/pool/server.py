@@ -238,7 +238,7 @@ class PoolServer:
             return []
         until = time.perf_counter() + self.spin_s
         while time.perf_counter() < until and not self._stop:
-            for _ in range(MAIL_LOOKS if self._mail_conns else 0):
+            for _ in range(MAIL_LOOKS if self._inbox.boxes else 0):
                 if self._mail_waiting():
                     return []
             events = poller.poll(0)
@@ -249,7 +249,7 @@ class PoolServer:
     def _sleep(self, poller) -> list:
         """Wait up to POLL_MS for the sockets. Hosts with a mailbox see the server's sleeping
         word raised meanwhile and ring its stream when they post (mailbox.py)."""
-        boxes = [c.mailbox for c in self._mail_conns]
+        boxes = list(self._inbox.boxes)
         for box in boxes:
             box.sleeping(True)
         try:
@@ -269,8 +269,7 @@ class PoolServer:
         i = self._inbox.next_new()
         served = i >= 0
         while i >= 0:
-            conn = self._mail_conns[i]
-            seq, raw = self._inbox.take(i)
+            conn, seq, raw = self._inbox.take(i)
             via = _MailReply(conn, seq)
             if raw is None:
                 self._via = via
@@ -284,13 +283,11 @@ class PoolServer:
 
     def _open_mailbox(self, conn: _Conn) -> None:
         conn.mailbox = conn.control
-        self._inbox.add(conn.mailbox)
-        self._mail_conns.append(conn)
+        self._inbox.add(conn.mailbox, conn)
 
     def _close_mailbox(self, conn: _Conn) -> None:
         if conn.mailbox is not None:
             self._inbox.remove(conn.mailbox)
-            self._mail_conns.remove(conn)
             conn.mailbox = None
 
     def _close_window(self, conn: _Conn) -> None:
@@ -324,8 +321,7 @@ class PoolServer:
     def _open_stream_listener(self) -> None:
         self._streams: dict[int, _Stream] = {}            # by file descriptor
         self._fd_closer = _FdCloser()
-        self._mail_conns: list[_Conn] = []      # hosts with a mailbox, in the order of _inbox
-        self._inbox = Inboxes()
+        self._inbox = Inboxes()                 # the mailboxes of hosts that use one
         self._poller = None
         # mkdtemp makes a directory only this user can enter: other users cannot even connect
         self._stream_dir = tempfile.mkdtemp(prefix="cxlsim-pool-")
