@@ -121,7 +121,7 @@ def test_a_host_scribbling_on_its_mailbox_gets_errors_and_changes_nothing(host):
     c.put(3, 8, b"shared", shared=True)
     before = c.stats()
     seq = c._seq + 100
-    rep = _raw_mail(c, seq + 1, b"\xc1 not msgpack")
+    rep = _raw_mail(c, seq + 1, b"\x92 not msgpack")
     assert rep["ok"] is False and rep["error"]["code"] == P.E_FRAME
     # a length word past the request slot
     raw = ffi.from_buffer(c.window.buf)

@@ -124,8 +124,12 @@ class PoolClient:
         (`self._mailed` says whether it did)."""
         self._last_request = time.monotonic()
         self._seq += 1
-        header = P.encode_request(self._seq, cmd, args)
         box = self._mailbox
+        header = None
+        if mailbox_ok and box is not None and not frames:    # the hot commands, compact
+            header = P.encode_compact_request(self._seq, cmd, args)
+        if header is None or not box.fits(header):     # (the stream takes msgpack only)
+            header = P.encode_request(self._seq, cmd, args)
         self._mailed = mailbox_ok and box is not None and not frames and box.fits(header)
         if self._mailed:
             if box.post(self._seq, header):          # the server sleeps: ring its stream
@@ -246,7 +250,7 @@ class PoolClient:
 
     def _decode(self, raw, cmd: str) -> dict:
         try:
-            return P.decode_reply(raw)
+            return P.decode_compact_reply(raw) if P.is_compact(raw) else P.decode_reply(raw)
         except ProtocolError as exc:
             raise PoolError(f"pool server {self.endpoint}: bad reply to {cmd}: {exc}") from None
 

@@ -16,6 +16,8 @@ docs/protocol.md describes the commands for people; keep the two in step.
 from __future__ import annotations
 
 import math
+import struct
+from array import array
 
 import msgpack
 
@@ -313,3 +315,132 @@ def decode_reply(raw: bytes) -> dict:
                 or type(err.get("message")) is not str:
             raise ProtocolError(f"error reply without code and message: {str(msg)[:80]}")
     return msg
+
+
+# ---------------------------------------------------------------------- the compact form
+# The hot data-path commands through the mailbox (mailbox.py), where a request costs so little
+# that decoding a msgpack map and checking it field by field would be a third of it. Both ends
+# are on one machine, so words are in its native byte order:
+#
+#   head   16 bytes: magic 0xC1, version, command code, flags, count n (u32), request id (u64)
+#   put    request: n keys, n offsets, n sizes (u64 each; the blocks lie in the host's window);
+#          flags: 1 = shared. Reply: the head only, n = the count (every block accepted)
+#   get    request: n keys; flags: 1 = through the window. Reply: n offsets, n sizes
+#   lookup request: n keys. Reply: the head only, n = the number of leading keys readable
+#
+# 0xC1 is the one byte msgpack never uses, so the first byte tells the two forms apart. What the
+# compact form cannot say (a refused block, an error, blocks that did not fit the window) is
+# said in msgpack, which a host must accept in reply to either form.
+COMPACT_MAGIC = 0xC1
+_HEAD = struct.Struct("=BBBBIQ")
+COMPACT_HEAD_BYTES = _HEAD.size
+COMPACT_COMMANDS = ("put", "get", "lookup")       # code = position + 1
+_CODES = {cmd: i + 1 for i, cmd in enumerate(COMPACT_COMMANDS)}
+_WORDS_PER_KEY = {"put": 3, "get": 1, "lookup": 1}
+COMPACT_FLAG = 1            # put: shared; get: through the window
+
+
+def is_compact(raw) -> bool:
+    return len(raw) > 0 and raw[0] == COMPACT_MAGIC
+
+
+def encode_compact_request(req_id: int, cmd: str, args: dict) -> bytes | None:
+    """The compact form of a request, or None where it has none (another command, a put whose
+    blocks travel as frames, a key out of range: msgpack carries those, and their errors)."""
+    code = _CODES.get(cmd)
+    if code is None:
+        return None
+    keys = args["keys"]
+    if cmd == "put":
+        places = args["shm"]
+        if places is None:
+            return None
+        flags = COMPACT_FLAG if args["shared"] else 0
+        words = [*keys, *(off for off, _ in places), *(n for _, n in places)]
+    else:
+        flags = COMPACT_FLAG if args.get("shm") else 0
+        words = keys
+    try:
+        return _HEAD.pack(COMPACT_MAGIC, VERSION, code, flags, len(keys), req_id) + \
+            array("Q", words).tobytes()
+    except (OverflowError, TypeError, struct.error):
+        return None
+
+
+def _compact_fail(req_id, message: str, code: str = E_ARGS) -> ProtocolError:
+    exc = ProtocolError(f"compact request: {message}")
+    exc.req_id, exc.code = req_id, code
+    return exc
+
+
+def decode_compact_request(raw: bytes) -> tuple[int | None, str, dict, list]:
+    """Check a compact request completely; as decode_request (the same args, so one handler
+    serves both forms), or ProtocolError naming the field."""
+    if len(raw) < COMPACT_HEAD_BYTES:
+        raise ProtocolError(f"compact request of {len(raw)} B is shorter than its "
+                            f"{COMPACT_HEAD_BYTES}-byte head")
+    _, version, code, flags, n, req_id = _HEAD.unpack_from(raw)
+    if version != VERSION:
+        raise _compact_fail(req_id, f"protocol version {version} is not supported (this server "
+                            f"speaks version {VERSION})", E_VERSION)
+    if not 1 <= code <= len(COMPACT_COMMANDS):
+        raise _compact_fail(req_id, f"unknown command code {code} (known: "
+                            f"{', '.join(f'{c} {_CODES[c]}' for c in COMPACT_COMMANDS)})",
+                            E_COMMAND)
+    cmd = COMPACT_COMMANDS[code - 1]
+    if flags & ~COMPACT_FLAG or (cmd == "lookup" and flags):
+        raise _compact_fail(req_id, f"{cmd}: unknown flags {flags:#x}")
+    if n > MAX_BATCH:
+        raise _compact_fail(req_id, f"{cmd}: count {n} exceeds {MAX_BATCH} keys")
+    want = COMPACT_HEAD_BYTES + 8 * _WORDS_PER_KEY[cmd] * n
+    if len(raw) != want:
+        raise _compact_fail(req_id, f"{cmd}: {len(raw)} B for {n} keys, expected {want} B")
+    words = memoryview(raw)[COMPACT_HEAD_BYTES:].cast("Q")
+    keys = words[:n].tolist()
+    if cmd == "lookup":
+        return req_id, cmd, {"keys": keys}, []
+    if cmd == "get":
+        return req_id, cmd, {"keys": keys, "shm": bool(flags)}, []
+    offsets, sizes = words[n:2 * n].tolist(), words[2 * n:].tolist()
+    if n and (max(offsets) > 1 << 48 or min(sizes) < 1 or max(sizes) > MAX_BLOCK_BYTES):
+        i = next(i for i in range(n) if offsets[i] > 1 << 48 or not 1 <= sizes[i] <= MAX_BLOCK_BYTES)
+        raise _compact_fail(req_id, f"put: block {i} at offset {offsets[i]} of {sizes[i]} B "
+                            f"(offsets 0..2**48, sizes 1..{MAX_BLOCK_BYTES})")
+    return req_id, cmd, {"keys": keys, "shared": bool(flags), "shm": list(zip(offsets, sizes))}, []
+
+
+def encode_compact_reply(cmd: str, req_id: int, result) -> bytes | None:
+    """The compact form of a successful reply to a compact request, or None where msgpack must
+    say it (a refused block; blocks sent as frames)."""
+    if cmd == "lookup":
+        return _HEAD.pack(COMPACT_MAGIC, VERSION, _CODES[cmd], 0, result, req_id)
+    if cmd == "put":
+        if any(result):
+            return None
+        return _HEAD.pack(COMPACT_MAGIC, VERSION, _CODES[cmd], 0, len(result), req_id)
+    if cmd == "get" and result is not None and all(off >= 0 for off, _ in result):
+        return _HEAD.pack(COMPACT_MAGIC, VERSION, _CODES[cmd], 0, len(result), req_id) + \
+            array("Q", [*(off for off, _ in result), *(n for _, n in result)]).tobytes()
+    return None
+
+
+def decode_compact_reply(raw: bytes) -> dict:
+    """A compact reply as the dict decode_reply gives for the same reply in msgpack."""
+    if len(raw) < COMPACT_HEAD_BYTES:
+        raise ProtocolError(f"compact reply of {len(raw)} B is shorter than its head")
+    _, version, code, flags, n, req_id = _HEAD.unpack_from(raw)
+    if version != VERSION or not 1 <= code <= len(COMPACT_COMMANDS) or flags:
+        raise ProtocolError(f"compact reply with version {version}, command code {code}, "
+                            f"flags {flags}: not a version-{VERSION} reply")
+    cmd = COMPACT_COMMANDS[code - 1]
+    want = COMPACT_HEAD_BYTES + (16 * n if cmd == "get" else 0)
+    if len(raw) != want:
+        raise ProtocolError(f"compact {cmd} reply of {len(raw)} B, expected {want} B")
+    if cmd == "lookup":
+        result = n
+    elif cmd == "put":
+        result = [None] * n
+    else:
+        words = memoryview(raw)[COMPACT_HEAD_BYTES:].cast("Q")
+        result = list(zip(words[:n].tolist(), words[n:].tolist()))
+    return {"v": VERSION, "id": req_id, "ok": True, "result": result}

@@ -36,7 +36,7 @@ from . import protocol as P
 from .api import PoolOp
 from .endpoint import check_endpoint, is_loopback_endpoint
 from .local import LocalPool
-from .mailbox import DATA_START, Inboxes, Mailbox
+from .mailbox import DATA_START, REPLY_BYTES, Inboxes, Mailbox
 from .shm import ShmWindow
 from .stream import (DOORBELL, SERVER_SPIN_US, MessageReader, is_doorbell, send_message,
                      spin_budget_s, tune)
@@ -489,8 +489,13 @@ class PoolServer:
     def _handle(self, ident: bytes, frames: list, stream: _Stream | None = None) -> None:
         """One request; `frames` are buffers, from ZeroMQ or from `stream`, where replies go."""
         self._via, self._after = stream, None
+        # the compact form of the hot commands comes only through a mailbox (protocol.py)
+        compact = type(stream) is _MailReply and P.is_compact(frames[0])
         try:
-            req_id, cmd, args, data = P.decode_request(frames, self.max_frame_bytes)
+            if compact:
+                req_id, cmd, args, data = P.decode_compact_request(frames[0])
+            else:
+                req_id, cmd, args, data = P.decode_request(frames, self.max_frame_bytes)
         except ProtocolError as exc:
             req_id = getattr(exc, "req_id", None)
             # a readable id means the frame was msgpack and the fault is in its fields
@@ -515,7 +520,12 @@ class PoolServer:
             out = self._commands[cmd](ident, conn, req_id, args, data)
             if out is not None:
                 result, reply_frames = out
-                self._send(ident, P.encode_reply(req_id, result), reply_frames, stream)
+                header = compact and not reply_frames and \
+                    P.encode_compact_reply(cmd, req_id, result)
+                if header and len(header) > REPLY_BYTES:    # the stream takes msgpack only
+                    header = None
+                self._send(ident, header or P.encode_reply(req_id, result), reply_frames,
+                           stream)
             self.served += 1
         except PoolError as exc:
             self._after = None
