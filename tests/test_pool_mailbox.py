@@ -9,6 +9,7 @@ import signal
 import socket
 import threading
 import time
+import warnings
 
 import msgpack
 import numpy as np
@@ -247,20 +248,41 @@ def _unsealed(size):
     return ShmWindow(fd, size, keep_fd=True)
 
 
+def _no_memfd(size):
+    raise OSError("memfd_create: Function not implemented")
+
+
 @pytest.mark.parametrize("make, says", [
     (_unsealed, "sealed against shrinking"),
     (lambda size: _CREATE(DATA_START), f"of {DATA_START + 1}.."),   # no room for data
+    (_no_memfd, "cannot make a sealed shared-memory window"),       # refused by the host itself
 ])
 def test_the_server_maps_only_sealed_windows_with_room(server, monkeypatch, make, says):
     monkeypatch.setattr(client_module.ShmWindow, "create", staticmethod(make))
     with PoolClient(server[0], 13, timeout_s=5.0, use_shm=True, shm_bytes=2 * MIB) as c:
-        c.attach(13, MIB)
-        assert c.window is None and c.transport == "zeromq"     # refused: sockets only
+        with pytest.warns(RuntimeWarning, match="no shared-memory window") as warned:
+            c.attach(13, MIB)
+        # refused: the local stream without a window, and the client says why
+        assert c.window is None and c.transport == "stream"
+        assert says in c.window_refused and says in str(warned[0].message)
         c.put(13, 77, b"still served")
         assert c.get(13, 77) == b"still served"
         c.detach(13)
-    with open(server[2]) as log:
-        assert says in log.read()
+    if make is not _no_memfd:
+        with open(server[2]) as log:
+            assert says in log.read()
+
+
+def test_a_host_that_insists_on_shm_hears_why_it_has_none(server):
+    """use_shm=True where no local stream can be opened (as on another machine): a warning
+    that names the transport used instead, not a silent fall-back."""
+    with PoolClient(server[0], 16, timeout_s=5.0, use_shm=True, use_stream=True) as c:
+        c._want_stream = False           # as if the stream's path were on another machine
+        with pytest.warns(RuntimeWarning, match="no local stream.*it uses zeromq"):
+            c.attach(16, MIB)
+        assert c.window is None and "another machine" in c.window_refused
+        assert c.lookup(16, [1]) == 0
+        c.detach(16)
 
 
 def test_detach_unmaps_the_window(host):
@@ -456,9 +478,12 @@ class _Handed:
 def test_a_window_the_server_could_not_write_is_refused_and_the_server_lives(server, monkeypatch,
                                                                              make):
     monkeypatch.setattr(client_module.ShmWindow, "create", staticmethod(make))
-    with PoolClient(server[0], 15, timeout_s=5.0, use_shm=True, shm_bytes=2 * MIB) as c:
-        c.attach(15, MIB)
-        assert c.window is None and c.transport == "zeromq"
+    with PoolClient(server[0], 15, timeout_s=5.0, use_shm="auto", shm_bytes=2 * MIB) as c:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")         # "auto" falls back without a warning
+            c.attach(15, MIB)
+        assert c.window is None and c.transport == "stream"
+        assert "refused the window" in c.window_refused
         assert c.lookup(15, [1]) == 0 and server[1].poll() is None
         c.detach(15)
 

@@ -24,6 +24,7 @@ import math
 import socket
 import threading
 import time
+import warnings
 
 import numpy as np
 import zmq
@@ -97,10 +98,14 @@ class PoolClient:
         self._keepalive_stop: threading.Event | None = None
         self._connect()
         self.window = None
+        self._insist_shm = use_shm is True          # asked for, not "auto": say when it fails
         if use_shm == "auto":
             # shared memory only helps (and only works) on the server's machine
             use_shm = is_loopback_endpoint(endpoint)
         self._want_shm = bool(use_shm)
+        #: why this client has no shared-memory window though it wanted one (None: it has one,
+        #: or did not want one); set when the local stream opens
+        self.window_refused: str | None = None
         self._shm_bytes = shm_bytes
         info = self._call("sync", {})
         self.quantum_ns = info["quantum_ns"]
@@ -179,6 +184,7 @@ class PoolClient:
         """Send every later request over the server's local stream (same machine only), and
         with use_shm hand the server a shared-memory window with the stream's hello."""
         self._close_window()     # one a server had before (it restarted): this one gets its own
+        self.window_refused = None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         window = None
         try:
@@ -187,11 +193,12 @@ class PoolClient:
             sock.connect(path)
             wait_in_kernel(sock)
             hello = P.encode_stream_hello(token)
+            refused = None
             if self._want_shm:
                 try:
                     window = ShmWindow.create(self._shm_bytes)
-                except OSError:          # no sealed memfds here: the stream without a window
-                    window = None
+                except OSError as exc:   # no sealed memfds here: the stream without a window
+                    refused = f"this host cannot make a sealed shared-memory window ({exc})"
             if window is not None:       # the window's descriptor travels with the hello
                 socket.send_fds(sock, [message_prefix([hello]) + hello], [window.fd])
             else:
@@ -200,7 +207,8 @@ class PoolClient:
                         P.MAX_HEADER_BYTES * 16)   # a reply header may be large (stats, deltas)
             reader, pending = MessageReader(sock, limit), []
             frames = recv_message(reader, time.monotonic() + self.timeout_s, pending)
-            ok = frames is not None and P.decode_reply(frames[0]).get("ok")
+            reply = P.decode_reply(frames[0]) if frames is not None else {}
+            ok = reply.get("ok")
         except (OSError, PoolError, ProtocolError):
             ok = False
         if not ok:               # another machine's path, or refused: ZeroMQ it is
@@ -209,10 +217,16 @@ class PoolClient:
                 window.close()
             return
         self._stream, self._stream_reader, self._stream_pending = sock, reader, pending
+        result = reply.get("result")
+        if window is not None and type(result) is dict and result.get("window_refused"):
+            refused = f"the pool server refused the window: {result['window_refused']}"
+            window.close()
+            window = None
         if window is not None:   # the server has mapped it and opened its side of the mailbox
             window.drop_fd()
             self.window = window
             self._control = self._mailbox = Mailbox(window, "host")
+        self.window_refused = refused
 
     def _drop_stream(self) -> None:
         self._mailbox = None                 # no doorbell without the stream
@@ -381,6 +395,14 @@ class PoolClient:
         self.server_info = info
         if self._want_stream and info.get("stream") and self._stream is None:
             self._open_stream(info["stream"], info["stream_token"])
+        if self._want_shm and self.window is None:
+            if self.window_refused is None:
+                self.window_refused = "no local stream to the server (the window travels with " \
+                    "its hello): the server is on another machine, or its stream is unreachable"
+            if self._insist_shm:
+                warnings.warn(f"pool client of host {host}: no shared-memory window "
+                              f"({self.window_refused}); it uses {self.transport}",
+                              RuntimeWarning, stacklevel=2)
         self._start_keepalive()
 
     def resize(self, host: int, quota_bytes: int) -> None:

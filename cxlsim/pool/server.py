@@ -418,14 +418,15 @@ class PoolServer:
         for ident, conn in self._conns.items():
             if token and conn.token and secrets.compare_digest(conn.token.encode(),
                                                                 token.encode()):
+                refused = None           # why the window was not taken: the stream still is
                 if stream.fds and conn.window is None:
                     fd = stream.fds.pop()
                     try:
                         self._adopt_window(conn, fd)
                     except PoolError as exc:
                         self._fd_closer.close(fd)
+                        refused = str(exc)
                         print(f"cxlsim pool: host {conn.host}: {exc}", file=self.log)
-                        break
                 if conn.stream is not None:
                     self._close_stream(conn.stream)
                 conn.token = ""          # one use: nobody else can take this host's stream
@@ -439,7 +440,8 @@ class PoolServer:
                                               flags=socket.MSG_DONTWAIT)
                 if conn.window is not None:  # before the reply: the host may post right after
                     self._open_mailbox(conn)
-                self._send(ident, P.encode_reply(None, {"stream": True}), (), stream)
+                self._send(ident, P.encode_reply(None, {"stream": True,
+                                                        "window_refused": refused}), (), stream)
                 return
         else:
             print("cxlsim pool: local stream without a valid token closed", file=self.log)
