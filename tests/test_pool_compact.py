@@ -48,7 +48,7 @@ def test_compact_replies_decode_to_what_msgpack_says():
     for cmd, result in [("put", [None, None]), ("lookup", 17),
                         ("get", [[DATA_START, 5], [DATA_START + 5, 3]])]:
         raw = P.encode_compact_reply(cmd, 5, result)
-        msg = P.decode_compact_reply(raw)
+        msg = P.decode_compact_reply(raw, cmd)
         want = P.decode_reply(P.encode_reply(5, result))
         if cmd == "get":
             msg["result"] = [list(p) for p in msg["result"]]
@@ -56,9 +56,31 @@ def test_compact_replies_decode_to_what_msgpack_says():
     assert P.encode_compact_reply("put", 5, [None, "quota exceeded"]) is None
     assert P.encode_compact_reply("get", 5, [[DATA_START, 5], [-1, 9]]) is None
     with pytest.raises(ProtocolError, match="of 40 B, expected 32 B"):
-        P.decode_compact_reply(P.encode_compact_reply("get", 5, [[DATA_START, 5]]) + b"x" * 8)
+        P.decode_compact_reply(P.encode_compact_reply("get", 5, [[DATA_START, 5]]) + b"x" * 8,
+                               "get")
     with pytest.raises(ProtocolError, match="command code 9"):
-        P.decode_compact_reply(HEAD.pack(0xC1, P.VERSION, 9, 0, 0, 5))
+        P.decode_compact_reply(HEAD.pack(0xC1, P.VERSION, 9, 0, 0, 5), "put")
+    with pytest.raises(ProtocolError, match="not a version-5 reply to put"):   # a lookup's reply
+        P.decode_compact_reply(P.encode_compact_reply("lookup", 5, 3), "put")
+
+
+def test_compact_bounds_are_the_msgpack_bounds():
+    """Offsets 0..2**48 and sizes 1..2**32-1, as the msgpack schema; the frame limit too."""
+    def put(off, size):
+        raw = HEAD.pack(0xC1, P.VERSION, 1, 0, 1, 3) + struct.pack("=3Q", 9, off, size)
+        return P.decode_compact_request(raw)[2]["shm"]
+    assert put(1 << 48, P.MAX_BLOCK_BYTES) == [(1 << 48, P.MAX_BLOCK_BYTES)]
+    for off, size in [((1 << 48) + 1, 1), (0, P.MAX_BLOCK_BYTES + 1), (0, 0)]:
+        with pytest.raises(ProtocolError, match="offsets 0..2\\*\\*48, sizes 1..") as info:
+            put(off, size)
+        assert info.value.req_id == 3 and info.value.code == P.E_ARGS
+        msgpack_form = P.encode_request(3, "put", {"keys": [9], "shared": False,
+                                                   "shm": [[off, size]]})
+        with pytest.raises(ProtocolError):
+            P.decode_request([msgpack_form])
+    lookup = P.encode_compact_request(4, "lookup", {"keys": list(range(200))})
+    with pytest.raises(ProtocolError, match=f"frame 0 of {len(lookup)} B exceeds the limit"):
+        P.decode_compact_request(lookup, max_frame_bytes=1024)
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +147,8 @@ def _post_raw(c, payload) -> dict:
         c._ring("raw")
     assert c._mailbox.wait(c._seq, 5.0), f"no mailbox reply to {payload[:64]!r}"
     raw = c._mailbox.read()
-    return P.decode_compact_reply(raw) if P.is_compact(raw) else msgpack.unpackb(raw, raw=False)
+    assert not P.is_compact(raw)                     # errors are always said in msgpack
+    return msgpack.unpackb(raw, raw=False)
 
 
 # one fault per request: (name, the error code it must get, whether the head (and id) survive)
@@ -193,3 +216,28 @@ def test_malformed_compact_requests_get_errors_and_change_nothing(host):
     assert other.stats() == before
     assert c.get(3, 1) == b"private" * 10 and c.lookup(3, [2]) == 1
     assert _last_exchange_was_compact(c)
+
+
+def test_the_compact_form_is_refused_over_sockets(server, host):
+    """Only a mailbox takes the compact form: over ZeroMQ or the stream a whole, valid compact
+    lookup is a frame that is not msgpack."""
+    import time
+    import zmq
+    from cxlsim.pool.stream import recv_message, send_message
+    lookup = P.encode_compact_request(1, "lookup", {"keys": [1, 2]})
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(server)
+    try:
+        sock.send_multipart([lookup])
+        assert sock.poll(5000)
+        rep = P.decode_reply(sock.recv_multipart()[0])
+    finally:
+        sock.close()
+    assert rep["ok"] is False and rep["error"]["code"] == P.E_FRAME
+    c = host(5)
+    send_message(c._stream, [lookup], 5.0)
+    frames = recv_message(c._stream_reader, time.monotonic() + 5.0, c._stream_pending)
+    rep = P.decode_reply(frames[0])
+    assert rep["ok"] is False and rep["error"]["code"] == P.E_FRAME
+    assert c.lookup(5, [1]) == 0                     # and the host goes on

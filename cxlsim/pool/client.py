@@ -133,7 +133,8 @@ class PoolClient:
         header = None
         if mailbox_ok and box is not None and not frames:    # the hot commands, compact
             header = P.encode_compact_request(self._seq, cmd, args)
-        if header is None or not box.fits(header):     # (the stream takes msgpack only)
+        if header is None or not box.fits(header):     # msgpack: it may fit, and the
+            # stream carries nothing else
             header = P.encode_request(self._seq, cmd, args)
         self._mailed = mailbox_ok and box is not None and not frames and box.fits(header)
         if self._mailed:
@@ -264,7 +265,7 @@ class PoolClient:
 
     def _decode(self, raw, cmd: str) -> dict:
         try:
-            return P.decode_compact_reply(raw) if P.is_compact(raw) else P.decode_reply(raw)
+            return P.decode_compact_reply(raw, cmd) if P.is_compact(raw) else P.decode_reply(raw)
         except ProtocolError as exc:
             raise PoolError(f"pool server {self.endpoint}: bad reply to {cmd}: {exc}") from None
 

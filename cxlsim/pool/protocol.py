@@ -23,7 +23,7 @@ import msgpack
 
 from ..errors import ProtocolError
 
-VERSION = 4
+VERSION = 5
 MAX_HEADER_BYTES = 16 << 20         # a header larger than this is refused before decoding
 DEFAULT_MAX_FRAME_BYTES = 64 << 20  # data frames (one block each); the server may lower it
 MAX_BATCH = 1 << 16                 # keys per batched request
@@ -373,9 +373,12 @@ def _compact_fail(req_id, message: str, code: str = E_ARGS) -> ProtocolError:
     return exc
 
 
-def decode_compact_request(raw: bytes) -> tuple[int | None, str, dict, list]:
+def decode_compact_request(raw: bytes, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+                           ) -> tuple[int | None, str, dict, list]:
     """Check a compact request completely; as decode_request (the same args, so one handler
     serves both forms), or ProtocolError naming the field."""
+    if len(raw) > max_frame_bytes:
+        raise ProtocolError(f"frame 0 of {len(raw)} B exceeds the limit of {max_frame_bytes} B")
     if len(raw) < COMPACT_HEAD_BYTES:
         raise ProtocolError(f"compact request of {len(raw)} B is shorter than its "
                             f"{COMPACT_HEAD_BYTES}-byte head")
@@ -424,15 +427,15 @@ def encode_compact_reply(cmd: str, req_id: int, result) -> bytes | None:
     return None
 
 
-def decode_compact_reply(raw: bytes) -> dict:
-    """A compact reply as the dict decode_reply gives for the same reply in msgpack."""
+def decode_compact_reply(raw: bytes, cmd: str) -> dict:
+    """A compact reply to a `cmd` request as the dict decode_reply gives for the same reply in
+    msgpack."""
     if len(raw) < COMPACT_HEAD_BYTES:
         raise ProtocolError(f"compact reply of {len(raw)} B is shorter than its head")
     _, version, code, flags, n, req_id = _HEAD.unpack_from(raw)
-    if version != VERSION or not 1 <= code <= len(COMPACT_COMMANDS) or flags:
+    if version != VERSION or code != _CODES.get(cmd) or flags:
         raise ProtocolError(f"compact reply with version {version}, command code {code}, "
-                            f"flags {flags}: not a version-{VERSION} reply")
-    cmd = COMPACT_COMMANDS[code - 1]
+                            f"flags {flags}: not a version-{VERSION} reply to {cmd}")
     want = COMPACT_HEAD_BYTES + (16 * n if cmd == "get" else 0)
     if len(raw) != want:
         raise ProtocolError(f"compact {cmd} reply of {len(raw)} B, expected {want} B")

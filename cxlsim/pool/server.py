@@ -495,7 +495,8 @@ class PoolServer:
         compact = type(stream) is _MailReply and P.is_compact(frames[0])
         try:
             if compact:
-                req_id, cmd, args, data = P.decode_compact_request(frames[0])
+                req_id, cmd, args, data = P.decode_compact_request(frames[0],
+                                                                   self.max_frame_bytes)
             else:
                 req_id, cmd, args, data = P.decode_request(frames, self.max_frame_bytes)
         except ProtocolError as exc:
@@ -524,7 +525,7 @@ class PoolServer:
                 result, reply_frames = out
                 header = compact and not reply_frames and \
                     P.encode_compact_reply(cmd, req_id, result)
-                if header and len(header) > REPLY_BYTES:    # the stream takes msgpack only
+                if header and len(header) > REPLY_BYTES:    # msgpack, which may fit
                     header = None
                 self._send(ident, header or P.encode_reply(req_id, result), reply_frames,
                            stream)
