@@ -129,14 +129,12 @@ class PoolClient:
         (`self._mailed` says whether it did)."""
         self._last_request = time.monotonic()
         self._seq += 1
-        box = self._mailbox
-        header = None
-        if mailbox_ok and box is not None and not frames:    # the hot commands, compact
-            header = P.encode_compact_request(self._seq, cmd, args)
-        if header is None or not box.fits(header):     # msgpack: it may fit, and the
-            # stream carries nothing else
+        box = self._mailbox if mailbox_ok and not frames else None
+        # the hot commands are compact through the mailbox; else msgpack (which may fit it)
+        header = box is not None and P.encode_compact_request(self._seq, cmd, args)
+        if not header or not box.fits(header):
             header = P.encode_request(self._seq, cmd, args)
-        self._mailed = mailbox_ok and box is not None and not frames and box.fits(header)
+        self._mailed = box is not None and box.fits(header)
         if self._mailed:
             if box.post(self._seq, header):          # the server sleeps: ring its stream
                 self._ring(cmd)
@@ -314,7 +312,7 @@ class PoolClient:
     def _call_frames(self, cmd: str, args: dict, frames=()):
         with self._lock:
             req = self._send(cmd, args, frames, mailbox_ok=cmd not in STREAM_ONLY)
-            deadline = time.monotonic() + self.timeout_s
+            deadline = self._last_request + self.timeout_s     # (sent just now)
             recv = self._recv_mail if self._mailed else self._recv
             got = recv(req, deadline, cmd, spin_s=self.spin_s)
             if got is None:
@@ -435,11 +433,6 @@ class PoolClient:
         reason it was refused; raises PoolError if any was refused unless raise_on_error=False."""
         self._me(host)
         items = [(int(k), _buffer(d)) for k, d in items]
-        limit = self.server_info.get("max_frame_bytes", P.DEFAULT_MAX_FRAME_BYTES)
-        for key, buf in items:            # refused up front: the server would cut us off
-            if len(buf) > limit and not (self.window is not None and len(buf) <= self._room):
-                raise PoolError(f"put: block {key} is {len(buf)} B; this server takes blocks up "
-                                f"to {limit} B (cxlsim pool serve --max-frame-bytes)")
         keys = [k for k, _ in items]
         with self._lock:          # one thread at a time writes the window and tracks its copies
             out = self._put_items(keys, items, shared)
@@ -448,36 +441,51 @@ class PoolClient:
         return out
 
     def _put_items(self, keys, items, shared) -> list[str | None]:
-        out: list[str | None] = []
         lent = self._lent_places(items) if self._lent else None
         if lent is not None:             # written in place: no copy on this side at all
+            out: list[str | None] = []
             for i in range(0, len(items), P.MAX_BATCH):
                 places = lent[i:i + P.MAX_BATCH]
                 out += self._put_places(keys[i:i + P.MAX_BATCH], shared, places)
-            items = []
+            return out
+        if self.window is not None and len(items) <= P.MAX_BATCH:
+            nbytes = sum(len(b) for _, b in items)
+            if nbytes <= self._room:     # the usual case: one request through the window
+                return self._put_copied(keys, items, shared, nbytes)
+        limit = self.server_info.get("max_frame_bytes", P.DEFAULT_MAX_FRAME_BYTES)
+        for key, buf in items:            # refused up front: the server would cut us off
+            if len(buf) > limit and not (self.window is not None and len(buf) <= self._room):
+                raise PoolError(f"put: block {key} is {len(buf)} B; this server takes blocks up "
+                                f"to {limit} B (cxlsim pool serve --max-frame-bytes)")
+        out = []
         for chunk, use_window in self._chunks(items):
             chunk_keys = [k for k, _ in chunk]
             if use_window:
-                places, off = [], self._window_region(sum(len(b) for _, b in chunk))
-                for _, buf in chunk:
-                    n = len(buf)
-                    self.window.buf[off:off + n] = buf
-                    places.append([off, n])
-                    off += n
-                out += self._put_places(chunk_keys, shared, places)
+                out += self._put_copied(chunk_keys, chunk, shared, sum(len(b) for _, b in chunk))
             else:
                 out += self._call("put", {"keys": chunk_keys, "shared": bool(shared), "shm": None},
                                   [buf for _, buf in chunk])
         return out
 
-    def _put_places(self, keys, shared, places) -> list[str | None]:
-        """Put blocks that lie in the window at places ([offset, nbytes] each). Through the
-        mailbox the server replies before it copies them out (mailbox.py): until it says it
-        has, this client writes nowhere in their region."""
-        out = self._call("put", {"keys": keys, "shared": bool(shared), "shm": places})
+    def _put_copied(self, keys, items, shared, nbytes: int) -> list[str | None]:
+        """Copy the blocks (nbytes in all) into the window one after another, and put them."""
+        at = off = self._window_region(nbytes)
+        window, places = self.window.buf, []
+        for _, buf in items:
+            n = len(buf)
+            window[off:off + n] = buf
+            places.append([off, n])
+            off += n
+        return self._put_places(keys, shared, places, (at, off))
+
+    def _put_places(self, keys, shared, places, region=None) -> list[str | None]:
+        """Put blocks that lie in the window at places ([offset, nbytes] each; region: the
+        span they cover, when known). Through the mailbox the server replies before it copies
+        them out (mailbox.py): until it says it has, this client writes nowhere in that span."""
+        out = self._call_frames("put", {"keys": keys, "shared": bool(shared), "shm": places})[0]
         if self._mailed:         # (under the caller's lock: the id and route are this request's)
-            self._copying = (self._seq, min(off for off, _ in places),
-                             max(off + n for off, n in places))
+            self._copying = (self._seq, *(region or (min(off for off, _ in places),
+                                                     max(off + n for off, n in places))))
         return out
 
     def _window_region(self, nbytes: int) -> int:
