@@ -77,3 +77,17 @@ def detach_and_close(clients) -> None:
         except PoolError:
             pass
         c.close()
+
+
+def fuzz_changes_nothing(c, other, fuzz, at_least: int = 1000) -> None:
+    """Run `fuzz(c, sent)` (bad requests from host c, counted in sent[0]) beside a private block
+    of c's and a shared block of other's: at least `at_least` were sent, and afterwards the pool
+    is as it was and both blocks still read back."""
+    c.put(c.host_id, 1, b"private" * 10)
+    other.put(other.host_id, 2, b"shared" * 10, shared=True)
+    before = other.stats()
+    sent = [0]
+    fuzz(c, sent)
+    assert sent[0] >= at_least
+    assert other.stats() == before
+    assert c.get(c.host_id, 1) == b"private" * 10 and c.lookup(c.host_id, [2]) == 1
