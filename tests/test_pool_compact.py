@@ -79,8 +79,10 @@ def test_compact_bounds_are_the_msgpack_bounds():
         with pytest.raises(ProtocolError):
             P.decode_request([msgpack_form])
     lookup = P.encode_compact_request(4, "lookup", {"keys": list(range(200))})
-    with pytest.raises(ProtocolError, match=f"frame 0 of {len(lookup)} B exceeds the limit"):
+    with pytest.raises(ProtocolError, match=f"frame 0 of {len(lookup)} B exceeds the limit") \
+            as info:
         P.decode_compact_request(lookup, max_frame_bytes=1024)
+    assert info.value.req_id == 4 and info.value.code == P.E_FRAME
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 import cxlsim.pool.client as client_module
 import cxlsim.pool.server as server_module
+import cxlsim.pool.shm as shm_module
 from cxlsim._core import ffi, lib
 from cxlsim.errors import PoolError, PoolTimeout
 from cxlsim.pool import protocol as P
@@ -532,6 +533,7 @@ def test_a_timed_out_put_gives_up_the_window_and_never_stores_other_bytes(server
         finally:
             threading.Timer(0.3, os.kill, (server[1].pid, signal.SIGCONT)).start()
         assert c.window is None and c.transport == "zeromq"
+        assert "put timed out" in c.window_refused
         c.timeout_s = 5.0
         c.put(17, 2, b"B" * 65536)            # over the socket now
         try:
@@ -570,3 +572,57 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_puts_after_the_window_is_gone_forget_the_views_of_it(server, monkeypatch):
+    """block_buffers once used, then the window goes (detach) and the re-attach gets none: a
+    put of plain bytes goes over the stream, not looking for views of a window it lacks."""
+    with PoolClient(server[0], 18, timeout_s=5.0, use_shm="auto", shm_bytes=2 * MIB) as c:
+        c.attach(18, 4 * MIB)
+        (view,) = c.block_buffers([1000])
+        view[:] = b"v" * 1000
+        c.put(18, 1, view)
+        c.detach(18)
+        monkeypatch.setattr(client_module.ShmWindow, "create", staticmethod(_no_memfd))
+        c.attach(18, 4 * MIB)
+        assert c.transport == "stream" and "cannot make" in c.window_refused
+        c.put(18, 2, b"w" * 1000)
+        assert c.get(18, 2) == b"w" * 1000
+        seq = c._seq
+        assert c.put_many(18, []) == [] and c._seq == seq       # nothing to send
+        c.detach(18)
+
+
+def test_a_window_that_cannot_be_mapped_leaves_its_descriptor_to_the_caller(monkeypatch):
+    """The server closes a refused descriptor itself (off its loop): adopt must not have closed
+    it already, or the second close could hit a descriptor another thread opened meanwhile."""
+    window = ShmWindow.create(DATA_START + 4096)
+    fd = os.dup(window.fd)
+    window.close()
+
+    def no_map(*args, **kw):
+        raise OSError(12, "Cannot allocate memory")
+    monkeypatch.setattr(shm_module.mmap, "mmap", no_map)
+    try:
+        with pytest.raises(PoolError, match="cannot map it"):
+            ShmWindow.adopt(fd, DATA_START)
+        os.fstat(fd)                          # still open: the caller's to close
+    finally:
+        os.close(fd)
+
+
+def test_a_low_frame_limit_sends_what_fits_it(monkeypatch):
+    """A server taking frames of at most 64 KiB: batches whose compact form would exceed that go
+    in msgpack, which packs small keys tighter, and are served."""
+    with pool_server("--max-frame-bytes", "65536", capacity_bytes=64 * MIB) as (ep, proc, log):
+        with PoolClient(ep, 19, timeout_s=5.0, use_shm=True, shm_bytes=2 * MIB) as c:
+            c.attach(19, 8 * MIB)
+            assert c.transport == "mailbox"
+            items = [(i, bytes([i % 256]) * 100) for i in range(4000)]
+            assert P.encode_compact_request(1, "put", {"keys": list(range(4000)), "shared": False,
+                                                       "shm": [[DATA_START, 100]] * 4000}) \
+                is not None                   # (96 KiB compact: over the limit)
+            c.put_many(19, items)
+            assert c.lookup(19, list(range(10_000))) == 4000
+            assert c.get_many(19, range(3000)) == [d for _, d in items[:3000]]
+            c.detach(19)

@@ -100,8 +100,9 @@ class PoolClient:
         self.window = None
         self._insist_shm = use_shm is True          # asked for, not "auto": say when it fails
         if use_shm == "auto":
-            # shared memory only helps (and only works) on the server's machine
-            use_shm = is_loopback_endpoint(endpoint)
+            # shared memory only helps (and only works) on the server's machine, and travels
+            # with the local stream's hello
+            use_shm = use_stream and is_loopback_endpoint(endpoint)
         self._want_shm = bool(use_shm)
         #: why this client has no shared-memory window though it wanted one (None: it has one,
         #: or did not want one); set when the local stream opens
@@ -130,9 +131,10 @@ class PoolClient:
         self._last_request = time.monotonic()
         self._seq += 1
         box = self._mailbox if mailbox_ok and not frames else None
-        # the hot commands are compact through the mailbox; else msgpack (which may fit it)
+        # the hot commands are compact through the mailbox; else msgpack (which may fit it,
+        # and which packs small keys tighter where the server's frame limit is low)
         header = box is not None and P.encode_compact_request(self._seq, cmd, args)
-        if not header or not box.fits(header):
+        if not header or not box.fits(header) or len(header) > self._frame_limit:
             header = P.encode_request(self._seq, cmd, args)
         self._mailed = box is not None and box.fits(header)
         if self._mailed:
@@ -238,6 +240,8 @@ class PoolClient:
         # close, answers over ZeroMQ again). The server may still carry the request out, and
         # read or write the window meanwhile: this client gives the window up (sockets from now)
         self._drop_stream()
+        if self.window is not None:
+            self.window_refused = f"given up after {cmd} timed out (the server may still use it)"
         self._close_window()
         self._connect()
         return PoolTimeout(f"pool server {self.endpoint}: no reply to {cmd} within "
@@ -312,7 +316,7 @@ class PoolClient:
     def _call_frames(self, cmd: str, args: dict, frames=()):
         with self._lock:
             req = self._send(cmd, args, frames, mailbox_ok=cmd not in STREAM_ONLY)
-            deadline = self._last_request + self.timeout_s     # (sent just now)
+            deadline = time.monotonic() + self.timeout_s
             recv = self._recv_mail if self._mailed else self._recv
             got = recv(req, deadline, cmd, spin_s=self.spin_s)
             if got is None:
@@ -376,6 +380,7 @@ class PoolClient:
         # still polls one of them, and then when it stops: never under it)
         self._control = self._mailbox = None
         self._copying = None
+        self._lent, self._lend_at = False, DATA_START     # views of it are no longer places
         if self.window is not None:
             self.window.close()
             self.window = None
@@ -441,6 +446,8 @@ class PoolClient:
         return out
 
     def _put_items(self, keys, items, shared) -> list[str | None]:
+        if not items:
+            return []
         lent = self._lent_places(items) if self._lent else None
         if lent is not None:             # written in place: no copy on this side at all
             out: list[str | None] = []
@@ -452,7 +459,7 @@ class PoolClient:
             nbytes = sum(len(b) for _, b in items)
             if nbytes <= self._room:     # the usual case: one request through the window
                 return self._put_copied(keys, items, shared, nbytes)
-        limit = self.server_info.get("max_frame_bytes", P.DEFAULT_MAX_FRAME_BYTES)
+        limit = self._frame_limit
         for key, buf in items:            # refused up front: the server would cut us off
             if len(buf) > limit and not (self.window is not None and len(buf) <= self._room):
                 raise PoolError(f"put: block {key} is {len(buf)} B; this server takes blocks up "
@@ -569,6 +576,11 @@ class PoolClient:
             if place is not None:
                 items[i] = (items[i][0], bytes(items[i][1]))
         return None
+
+    @property
+    def _frame_limit(self) -> int:
+        """The largest frame this server takes (`cxlsim pool serve --max-frame-bytes`)."""
+        return self.server_info.get("max_frame_bytes", P.DEFAULT_MAX_FRAME_BYTES)
 
     @property
     def _room(self) -> int:

@@ -377,12 +377,13 @@ def decode_compact_request(raw: bytes, max_frame_bytes: int = DEFAULT_MAX_FRAME_
                            ) -> tuple[int | None, str, dict, list]:
     """Check a compact request completely; as decode_request (the same args, so one handler
     serves both forms), or ProtocolError naming the field."""
-    if len(raw) > max_frame_bytes:
-        raise ProtocolError(f"frame 0 of {len(raw)} B exceeds the limit of {max_frame_bytes} B")
     if len(raw) < COMPACT_HEAD_BYTES:
         raise ProtocolError(f"compact request of {len(raw)} B is shorter than its "
                             f"{COMPACT_HEAD_BYTES}-byte head")
     _, version, code, flags, n, req_id = _HEAD.unpack_from(raw)
+    if len(raw) > max_frame_bytes:
+        raise _compact_fail(req_id, f"frame 0 of {len(raw)} B exceeds the limit of "
+                            f"{max_frame_bytes} B", E_FRAME)
     if version != VERSION:
         raise _compact_fail(req_id, f"protocol version {version} is not supported (this server "
                             f"speaks version {VERSION})", E_VERSION)

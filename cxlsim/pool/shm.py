@@ -41,11 +41,7 @@ class ShmWindow:
 
     def __init__(self, fd: int, size: int, keep_fd: bool):
         self.size = size
-        try:
-            self._map = mmap.mmap(fd, size)
-        except BaseException:
-            os.close(fd)
-            raise
+        self._map = mmap.mmap(fd, size)    # (if it fails, the descriptor is still the caller's)
         if keep_fd:
             self.fd = fd
         else:
@@ -63,10 +59,10 @@ class ShmWindow:
         try:
             os.ftruncate(fd, size)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+            return cls(fd, size, keep_fd=True)
         except BaseException:
             os.close(fd)
             raise
-        return cls(fd, size, keep_fd=True)
 
     @classmethod
     def adopt(cls, fd: int, min_size: int, max_size: int = MAX_WINDOW_BYTES) -> "ShmWindow":
@@ -89,7 +85,7 @@ class ShmWindow:
                             f"{st.st_size} B, seals {seals:#x}, writable {writable})")
         try:
             return cls(fd, st.st_size, keep_fd=False)
-        except OSError as exc:      # (cls closed it)
+        except OSError as exc:      # (not mapped: the descriptor is still the caller's)
             raise PoolError(f"shm window refused: cannot map it ({exc})") from None
 
     def drop_fd(self) -> None:
