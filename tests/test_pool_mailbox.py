@@ -626,3 +626,25 @@ def test_a_low_frame_limit_sends_what_fits_it(monkeypatch):
             assert c.lookup(19, list(range(10_000))) == 4000
             assert c.get_many(19, range(3000)) == [d for _, d in items[:3000]]
             c.detach(19)
+
+
+def test_a_view_reused_by_a_later_get_is_refused_not_stored(host):
+    """A get writes its blocks into the window from the start of the data area: a view handed
+    out there before holds those bytes now. Putting it must fail, not store another block's
+    bytes; views elsewhere stay good."""
+    c = host(20)
+    c.put(20, 1, b"g" * (512 << 10))
+    early, = c.block_buffers([1000])          # at the start of the data area
+    early[:] = b"e" * 1000
+    c.block_buffers([600 << 10])              # (moves the next views past the get's bytes)
+    late, = c.block_buffers([1000])
+    late[:] = b"l" * 1000
+    assert c.get(20, 1) == b"g" * (512 << 10)  # overwrites `early`, not `late`
+    with pytest.raises(PoolError, match="block 2's buffer lies in this host's window but in no"):
+        c.put(20, 2, early)
+    c.put(20, 3, late)
+    assert c.get(20, 3) == b"l" * 1000
+    with pytest.raises(PoolError, match="in no view"):     # a slice of the window, not a view
+        c.put(20, 4, c.window.buf[DATA_START + 100:DATA_START + 200])
+    with pytest.raises(PoolError, match="not in the pool"):
+        c.get(20, 2)

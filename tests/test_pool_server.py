@@ -266,7 +266,7 @@ def test_curve_client_without_key_is_not_served(tmp_path):
     public = (tmp_path / "pool.public").read_bytes().strip()
     assert oct(os.stat(tmp_path / "pool.secret").st_mode & 0o777) == "0o600"
     with pool_server("--curve-secret-key", str(tmp_path / "pool.secret")) as (ep, proc, log):
-        with pytest.raises(PoolError, match="no reply"):
+        with pytest.raises(PoolError, match="no reply.*needs CurveZMQ keys: give server_public"):
             PoolClient(ep, 0, timeout_s=1.0)                    # plain: handshake never completes
         other_public, _ = zmq.curve_keypair()
         with pytest.raises(PoolError, match="wrong server public key"):
@@ -275,6 +275,14 @@ def test_curve_client_without_key_is_not_served(tmp_path):
             c.attach(0, 0)
             c.put(0, 1, b"secret", shared=True)
             assert c.get(0, 1) == b"secret"
+    # a second keygen would lock those hosts out: refused unless --force
+    again = subprocess.run([sys.executable, "-m", "cxlsim", "pool", "keygen", str(tmp_path)],
+                           capture_output=True, text=True, timeout=30)
+    assert again.returncode == 2 and "already exists" in again.stderr and "--force" in again.stderr
+    assert (tmp_path / "pool.public").read_bytes().strip() == public
+    subprocess.run([sys.executable, "-m", "cxlsim", "pool", "keygen", str(tmp_path), "--force"],
+                   check=True, capture_output=True, timeout=30)
+    assert (tmp_path / "pool.public").read_bytes().strip() != public
 
 
 def test_local_stream_carries_requests_and_large_blocks(clients):

@@ -39,6 +39,9 @@ def add_parser(sub):
                    "50000)")
     k = psub.add_parser("keygen", help="write a CURVE key pair: DIR/pool.secret and DIR/pool.public")
     k.add_argument("dir", help="directory for the key files (created)")
+    k.add_argument("--force", action="store_true",
+                   help="replace a key pair already there (hosts holding its public key are "
+                   "then refused)")
     return p
 
 
@@ -53,11 +56,16 @@ def read_key(path: str) -> bytes:
     return key
 
 
-def _keygen(directory: str) -> int:
+def _keygen(directory: str, force: bool = False) -> int:
     import zmq
+    secret_path = os.path.join(directory, "pool.secret")
+    existing = [p for p in (secret_path, os.path.join(directory, "pool.public"))
+                if os.path.exists(p)]
+    if existing and not force:
+        raise ConfigError(f"{existing[0]} already exists: a new key pair would lock out the hosts "
+                          f"that hold its public key (pass --force to replace it)")
     os.makedirs(directory, exist_ok=True)
     public, secret = zmq.curve_keypair()
-    secret_path = os.path.join(directory, "pool.secret")
     fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(secret + b"\n")
@@ -104,5 +112,5 @@ def _serve(args) -> int:
 
 def run(args) -> int:
     if args.pool_command == "keygen":
-        return _keygen(args.dir)
+        return _keygen(args.dir, args.force)
     return _serve(args)

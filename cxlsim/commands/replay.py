@@ -29,7 +29,7 @@ def add_config_args(p, trace_optional: bool = True) -> None:
     p.add_argument("--dram-gib", type=float, help="KV capacity in host DRAM, GiB (default: the whole memory; 0: no DRAM tier)")
     p.add_argument("--cxl-gib", type=float, help="KV capacity in the CXL pool, GiB (default: all its devices; 0: no CXL tier)")
     p.add_argument("--hosts", type=int, help="serving hosts (multi-host shares the CXL pool)")
-    p.add_argument("--assign", help="request-to-host rule: round-robin, session, prefix")
+    p.add_argument("--assign", help="request-to-host rule: round-robin (default), session, prefix")
     p.add_argument("--quantum-us", type=float, help="pool barrier quantum in us (multi-host)")
     p.add_argument("--token-budget", type=int, help="tokens per iteration (chunked prefill)")
     p.add_argument("--max-batch", type=int, help="running requests per host")

@@ -87,6 +87,7 @@ class PoolClient:
         self._control = None                # the window's mailbox words, while it has one
         self._mailbox = None                # the same, while requests go through it (a stream)
         self._lent = False                  # block_buffers handed out views of the window
+        self._views: list[tuple[int, int]] = []   # [start, end) of those not reused since
         self._copying = None                # (put id, start, end): a put the server may still copy
         self._lend_at = DATA_START          # where block_buffers hands out views next
         self._want_stream = use_stream
@@ -244,9 +245,11 @@ class PoolClient:
             self.window_refused = f"given up after {cmd} timed out (the server may still use it)"
         self._close_window()
         self._connect()
+        keys = "a wrong server public key" if self._server_key else \
+            "a server that needs CurveZMQ keys: give server_public_key"
         return PoolTimeout(f"pool server {self.endpoint}: no reply to {cmd} within "
-                         f"{self.timeout_s:g} s (server down, restarted or unreachable"
-                         f"{'; or a wrong server public key' if self._server_key else ''})")
+                           f"{self.timeout_s:g} s (server down, restarted or unreachable; or "
+                           f"{keys})")
 
     def _recv(self, want_id: int, deadline: float, cmd: str, others=None, spin_s: float = 0.0):
         """Reply to request want_id, or None at the deadline. Replies to other requests and
@@ -381,6 +384,7 @@ class PoolClient:
         self._control = self._mailbox = None
         self._copying = None
         self._lent, self._lend_at = False, DATA_START     # views of it are no longer places
+        self._views = []
         if self.window is not None:
             self.window.close()
             self.window = None
@@ -477,6 +481,7 @@ class PoolClient:
     def _put_copied(self, keys, items, shared, nbytes: int) -> list[str | None]:
         """Copy the blocks (nbytes in all) into the window one after another, and put them."""
         at = off = self._window_region(nbytes)
+        self._reuse(at, at + nbytes)
         window, places = self.window.buf, []
         for _, buf in items:
             n = len(buf)
@@ -534,7 +539,8 @@ class PoolClient:
         one copy into pool memory). Once passed to put, a view is the pool's: write the next
         blocks into new views. Successive calls hand out the data area in turn, so views stay
         valid until later calls have handed it all out once more, or until this client's next
-        get or put of other data, which may reuse the window."""
+        get or put of other data, which may reuse the window: a put of a view reused since
+        is refused, since its bytes may not be the ones written into it."""
         if self.window is None:
             raise PoolError("block_buffers needs a shared-memory window: a client on the pool "
                             "server's machine with use_shm")
@@ -547,6 +553,7 @@ class PoolClient:
             views, off = [], self._lend_region(sum(sizes))
             for n in sizes:
                 views.append(self.window.buf[off:off + n])
+                self._views.append((off, off + n))
                 off += n
             self._lent = True
         return views
@@ -556,20 +563,38 @@ class PoolClient:
         of the data area again when they would not fit; never over blocks still being copied."""
         at = self._lend_at if self._lend_at + nbytes <= self.window.size else DATA_START
         self._lend_at = at + nbytes
+        self._reuse(at, at + nbytes)
         if self._overlaps_copy(at, nbytes):
             self._wait_copied(self._copying[0])
         return at
 
+    def _reuse(self, start: int, end: int) -> None:
+        """This client (or the server, for its get) is about to write [start, end) of the
+        window: views handed out there no longer hold what was written into them."""
+        if self._views:
+            self._views = [v for v in self._views if v[1] <= start or end <= v[0]]
+
     def _lent_places(self, items) -> list | None:
         """[offset, nbytes] of each item's buffer in the window's data area, when every buffer
         lies there (views from block_buffers); else None, after copying out any that do, since
-        laying out the others could overwrite them."""
+        laying out the others could overwrite them. A buffer in the window that is not part of
+        a view still unreused is refused: its bytes may be another block's."""
         base = int(ffi.cast("uintptr_t", ffi.from_buffer(self.window.buf)))
         lo, hi = base + DATA_START, base + self.window.size
         places = []
-        for _, buf in items:
+        for key, buf in items:
             at = int(ffi.cast("uintptr_t", ffi.from_buffer(buf)))
-            places.append([at - base, len(buf)] if lo <= at and at + len(buf) <= hi else None)
+            if not (lo <= at and at + len(buf) <= hi):
+                places.append(None)
+                continue
+            at -= base
+            if not any(start <= at and at + len(buf) <= end for start, end in self._views):
+                raise PoolError(f"put: block {key}'s buffer lies in this host's window but in no "
+                                f"view that block_buffers handed out and nothing has reused "
+                                f"since (a get, a put of other data or later block_buffers "
+                                f"calls reuse the window), so it may hold other bytes: write "
+                                f"each block into a fresh view and put it before the next get")
+            places.append([at, len(buf)])
         if all(places):
             return places
         for i, place in enumerate(places):
@@ -636,6 +661,8 @@ class PoolClient:
                     continue
                 frames = iter(frames)
                 for off, n in result:
+                    if off >= 0:
+                        self._reuse(off, off + n)        # the server wrote it there
                     out.append(bytes(next(frames)) if off < 0 else
                                self.window.buf[off:off + n].tobytes())
         return out
