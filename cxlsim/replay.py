@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -70,6 +71,21 @@ class ReplayConfig:
 
     def with_overrides(self, **kw) -> "ReplayConfig":
         return dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+    def job_tag(self) -> str:
+        """What the host processes of one multi-host replay must share, hashed: every setting
+        that shapes the results (not the trace's path or the label) and the trace's bytes. The
+        pool server refuses a host whose tag differs from the others' (PoolClient.attach)."""
+        digest = hashlib.sha256()
+        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("trace", "label")}
+        digest.update(json.dumps(settings, sort_keys=True).encode())
+        try:
+            with open(self.trace, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+        except OSError as exc:
+            raise ConfigError(f"{self.trace}: cannot read the trace ({exc.strerror})") from None
+        return "replay-" + digest.hexdigest()[:32]
 
 
 _TYPES = {f.name: f.type for f in fields(ReplayConfig)}

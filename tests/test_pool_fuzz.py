@@ -15,7 +15,7 @@ CODES = {P.E_FRAME, P.E_VERSION, P.E_COMMAND, P.E_ARGS, P.E_REFUSED}
 
 # a valid request of every command (all would change or read state if accepted)
 VALID = {
-    "attach": {"host": 5, "quota": 0}, "resize": {"quota": 1 << 20},
+    "attach": {"host": 5, "quota": 0, "tag": None}, "resize": {"quota": 1 << 20},
     "detach": {}, "heartbeat": {}, "sync": {}, "stats": {},
     "alloc": {"keys": [77], "sizes": [100], "shared": True},
     "put": {"keys": [78], "shared": True, "shm": None},
@@ -104,7 +104,7 @@ def test_fuzzed_frames_change_nothing():
             good.put(0, 2, b"shared" * 100, shared=True)
             good.pin(0, [1])
             raw.connect(ep)
-            raw.send_multipart([P.encode_request(1, "attach", {"host": 3, "quota": 1 << 20})])
+            raw.send_multipart([P.encode_request(1, "attach", {"host": 3, "quota": 1 << 20, "tag": None})])
             assert msgpack.unpackb(raw.recv_multipart()[0])["ok"] is True
             before = good.stats()
             sent = [0]

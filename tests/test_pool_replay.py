@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pool_support import pool_server
+from pool_support import pool_server, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACE = ROOT / "traces" / "synth_small.jsonl"
@@ -136,6 +136,29 @@ def test_a_host_refuses_a_wrong_pool_before_waiting_for_the_others(tmp_path):
                               "--out", str(tmp_path / "h0")],
                              capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 2 and f"holds {2 << 30} B" in out.stderr
+
+
+def test_host_processes_given_different_settings_are_refused(tmp_path):
+    """Hosts that split the trace by different rules would serve some requests twice and others
+    never, and each would exit 0: the server refuses the host whose trace or settings differ."""
+    with pool_server(capacity_bytes=1 << 30, extent_mib=1) as (ep, proc, log):
+        first = subprocess.Popen([sys.executable, "-m", "cxlsim", "replay", str(TRACE), *COMMON,
+                                  "--assign", "session", "--pool", ep, "--host-id", "0",
+                                  "--pool-timeout-s", "30", "--out", str(tmp_path / "h0")],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 cwd=ROOT)
+        try:
+            wait_for(lambda: "host 0 attached" in Path(log).read_text(), 60, "host 0 to attach")
+            other = subprocess.run([sys.executable, "-m", "cxlsim", "replay", str(TRACE),
+                                    *COMMON, "--pool", ep, "--host-id", "1",
+                                    "--out", str(tmp_path / "h1")],
+                                   capture_output=True, text=True, cwd=ROOT, timeout=60)
+        finally:
+            first.kill()
+            first.communicate()
+    assert other.returncode == 2, other.stderr
+    assert "differs from the tag of the hosts attached (host 0: replay-" in other.stderr
+    assert "same trace and settings" in other.stderr
 
 
 def test_a_host_whose_server_dies_says_so_at_once(tmp_path):

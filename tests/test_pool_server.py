@@ -137,7 +137,7 @@ def test_unattached_connection_is_refused_and_host_ids_unique(server, clients):
     try:
         rep = rpc(s, [P.encode_request(1, "get", {"keys": [1], "shm": False})])
         assert rep["ok"] is False and rep["error"]["code"] == P.E_ATTACH
-        rep = rpc(s, [P.encode_request(2, "attach", {"host": 0, "quota": 0})])
+        rep = rpc(s, [P.encode_request(2, "attach", {"host": 0, "quota": 0, "tag": None})])
         assert rep["error"]["code"] == P.E_REFUSED and "already attached" in rep["error"]["message"]
         # windows come only with a stream's hello (a descriptor), never by name
         rep = rpc(s, [P.encode_request(3, "attach", {"host": 1, "quota": 0,
@@ -210,7 +210,7 @@ def test_a_parked_host_hears_its_release_is_coming(server):
     a, b = raw_socket(server), raw_socket(server)
     try:
         for h, s in ((0, a), (1, b)):
-            attach = P.encode_request(1, "attach", {"host": h, "quota": 0})
+            attach = P.encode_request(1, "attach", {"host": h, "quota": 0, "tag": None})
             assert rpc(s, [attach])["ok"]
         none = [[], [], [], [], [], []]
         a.send_multipart([P.encode_request(2, "exchange", {"quantum": 0, "ops": none,
@@ -412,3 +412,19 @@ def test_an_idle_client_stays_attached_unless_keepalive_is_off():
         finally:
             kept.close()
             bare.close()
+
+
+def test_hosts_of_one_job_must_share_its_tag(clients):
+    a, b, c, d = clients(30), clients(31), clients(32), clients(33)
+    a.attach(30, 0, tag="replay-1")
+    c.attach(32, 0)                                   # no tag: a data-path host, always let in
+    with pytest.raises(PoolError, match="host 31: its job's tag replay-2 differs from the tag "
+                                        "of the hosts attached \\(host 30: replay-1\\)"):
+        b.attach(31, 0, tag="replay-2")
+    assert "31" not in c.stats()["hosts"]             # refused before it joined the pool
+    b.attach(31, 0, tag="replay-1")
+    a.detach(30)
+    b.detach(31)
+    d.attach(33, 0, tag="replay-2")                   # the hosts of the first job have left
+    with pytest.raises(PoolError, match="expected a string of 1..64 characters"):
+        a.attach(30, 0, tag="x" * 65)

@@ -122,7 +122,7 @@ def _run_remote_host(cfg, args):
     client = PoolClient(args.pool, args.host_id, timeout_s=args.pool_timeout_s,
                         server_public_key=key, **spin)
     try:
-        client.attach(args.host_id, 0)
+        client.attach(args.host_id, 0, tag=cfg.job_tag())   # hosts must share trace & settings
         try:
             result = run_replay(cfg, progress=not args.no_progress, pool_client=client,
                                 host_id=args.host_id,

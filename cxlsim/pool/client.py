@@ -396,9 +396,12 @@ class PoolClient:
         self.close()
 
     # ------------------------------------------------------------------ membership
-    def attach(self, host: int, quota_bytes: int = 0) -> None:
+    def attach(self, host: int, quota_bytes: int = 0, tag: str | None = None) -> None:
+        """Join the pool. `tag` (up to 64 characters) names what this host's job must share
+        with the other hosts' (a replay passes a hash of its trace and settings): the server
+        refuses a host whose tag differs from those of the hosts attached."""
         self._me(host)
-        info = self._call("attach", {"host": host, "quota": int(quota_bytes)})
+        info = self._call("attach", {"host": host, "quota": int(quota_bytes), "tag": tag})
         self.quantum_ns = info["quantum_ns"]
         self.server_info = info
         if self._want_stream and info.get("stream") and self._stream is None:

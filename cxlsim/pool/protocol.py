@@ -161,7 +161,10 @@ OPS = columns(MAX_OPS, finite, integer(0, 1 << 62), OP_KIND, KEY, integer(0, MAX
 
 #: command -> (schema {field: checker}, data frames: "none" | "per_key" | "per_key_unless_shm")
 COMMANDS: dict[str, tuple[dict, str]] = {
-    "attach": ({"host": integer(0, MAX_HOST), "quota": integer(0, 1 << 62)}, "none"),
+    # tag: what the hosts of one job must share (a replay's settings and trace, hashed); the
+    # server refuses a host whose tag differs from the attached hosts' (null: none)
+    "attach": ({"host": integer(0, MAX_HOST), "quota": integer(0, 1 << 62),
+                "tag": optional(string(64))}, "none"),
     "resize": ({"quota": integer(0, 1 << 62)}, "none"),
     "detach": ({}, "none"),
     "heartbeat": ({}, "none"),

@@ -72,6 +72,7 @@ class _Conn:
     stream: "_Stream | None" = None      # when bound, every reply goes there
     released: float = 0.0                # when a barrier last released it (it runs from then)
     control: Mailbox | None = None       # the mailbox words of the window (mailbox.py)
+    tag: str | None = None               # what the host's job must share with the others
     mailbox: Mailbox | None = None       # the same, while requests may come through it
     ident: bytes = b""
 
@@ -553,13 +554,19 @@ class PoolServer:
                 "heartbeat_timeout_s": self.heartbeat_timeout_s}
 
     def _attach(self, ident: bytes, req_id: int, args: dict) -> None:
-        host = args["host"]
+        host, tag = args["host"], args["tag"]
         if ident in self._conns:
             raise PoolError(f"this connection is already attached as host "
                             f"{self._conns[ident].host}")
+        others = sorted((c.host, c.tag) for c in self._conns.values() if c.tag is not None)
+        if tag is not None and others and any(t != tag for _, t in others):
+            raise PoolError(f"host {host}: its job's tag {tag} differs from the tag of the hosts "
+                            f"attached ({', '.join(f'host {h}: {t}' for h, t in others)}): for a "
+                            f"replay, every host process must be given the same trace and "
+                            f"settings, apart from --host-id and --out")
         self.pool.attach(host, args["quota"])   # refuses a host id already attached
         conn = self._conns[ident] = _Conn(host, time.monotonic(), None, secrets.token_hex(16),
-                                          ident=ident)
+                                          ident=ident, tag=tag)
         self._by_host[host] = ident
         print(f"cxlsim pool: host {host} attached (quota {args['quota']} B)", file=self.log)
         self._send(ident, P.encode_reply(req_id, {**self._sync(), "stream": self.stream_path,
