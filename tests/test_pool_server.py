@@ -428,3 +428,26 @@ def test_hosts_of_one_job_must_share_its_tag(clients):
     d.attach(33, 0, tag="replay-2")                   # the hosts of the first job have left
     with pytest.raises(PoolError, match="expected a string of 1..64 characters"):
         a.attach(30, 0, tag="x" * 65)
+
+
+def test_a_reply_with_the_wrong_number_of_items_is_a_clear_error(monkeypatch):
+    """A server answering a batch with fewer entries than items (a bug) must not let the client
+    drop the missing items' refusals, or read past the blocks it was sent."""
+    import threading
+    monkeypatch.setattr(PoolServer, "_cmd_free", lambda self, *a: ([None], ()))
+    srv = PoolServer(LocalPool(16 * MIB, extent_bytes=MIB), "tcp://127.0.0.1:*",
+                     log=io.StringIO())
+    thread = threading.Thread(target=srv.serve, daemon=True)
+    thread.start()
+    try:
+        for shm in (False, True):
+            with PoolClient(srv.endpoint, int(shm), timeout_s=5.0, use_shm=shm) as c:
+                c.attach(int(shm), MIB)
+                c.put_many(int(shm), [(1, b"a"), (2, b"b")])
+                with pytest.raises(PoolError, match="bad reply to free: 1 entries for 2 items"):
+                    c.free_many(int(shm), [1, 2])
+                c.detach(int(shm))
+    finally:
+        srv.stop()
+        thread.join(10)
+        srv.close()

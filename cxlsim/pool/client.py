@@ -363,6 +363,14 @@ class PoolClient:
         if host != self.host_id:
             raise PoolError(f"this client is host {self.host_id}, not host {host}")
 
+    def _per_item(self, cmd: str, out, n: int):
+        """A reply with one entry per item asked for; a server saying otherwise is broken."""
+        if type(out) is not list or len(out) != n:
+            raise PoolError(f"pool server {self.endpoint}: bad reply to {cmd}: "
+                            f"{len(out) if type(out) is list else type(out).__name__} entries "
+                            f"for {n} items")
+        return out
+
     @staticmethod
     def _raise_items(cmd: str, keys, errors) -> None:
         bad = [(k, e) for k, e in zip(keys, errors) if e is not None]
@@ -477,8 +485,9 @@ class PoolClient:
             if use_window:
                 out += self._put_copied(chunk_keys, chunk, shared, sum(len(b) for _, b in chunk))
             else:
-                out += self._call("put", {"keys": chunk_keys, "shared": bool(shared), "shm": None},
-                                  [buf for _, buf in chunk])
+                out += self._per_item("put", self._call(
+                    "put", {"keys": chunk_keys, "shared": bool(shared), "shm": None},
+                    [buf for _, buf in chunk]), len(chunk))
         return out
 
     def _put_copied(self, keys, items, shared, nbytes: int) -> list[str | None]:
@@ -498,6 +507,7 @@ class PoolClient:
         span they cover, when known). Through the mailbox the server replies before it copies
         them out (mailbox.py): until it says it has, this client writes nowhere in that span."""
         out = self._call_frames("put", {"keys": keys, "shared": bool(shared), "shm": places})[0]
+        self._per_item("put", out, len(keys))
         if self._mailed:         # (under the caller's lock: the id and route are this request's)
             self._copying = (self._seq, *(region or (min(off for off, _ in places),
                                                      max(off + n for off, n in places))))
@@ -643,7 +653,7 @@ class PoolClient:
         self._me(host)
         out = self._call("alloc", {"keys": [int(key)], "sizes": [int(nbytes)],
                                    "shared": bool(shared)})
-        self._raise_items("alloc", [key], out)
+        self._raise_items("alloc", [key], self._per_item("alloc", out, 1))
 
     def get(self, host: int, key: int) -> bytes:
         return self.get_many(host, [key])[0]
@@ -660,8 +670,12 @@ class PoolClient:
                 use_shm = self.window is not None
                 result, frames = self._call_frames("get", {"keys": part, "shm": use_shm})
                 if not use_shm:
-                    out += [bytes(f) for f in frames]
+                    out += [bytes(f) for f in self._per_item("get", list(frames), len(part))]
                     continue
+                self._per_item("get", list(result), len(part))
+                if len(frames) != sum(1 for off, _ in result if off < 0):
+                    raise PoolError(f"pool server {self.endpoint}: bad reply to get: "
+                                    f"{len(frames)} blocks sent for the places it gave")
                 frames = iter(frames)
                 for off, n in result:
                     if off >= 0:
@@ -676,14 +690,15 @@ class PoolClient:
     def free_many(self, host: int, keys, raise_on_error: bool = True) -> list[str | None]:
         self._me(host)
         keys = [int(k) for k in keys]
-        out = self._call("free", {"keys": keys})
+        out = self._per_item("free", self._call("free", {"keys": keys}), len(keys))
         if raise_on_error:
             self._raise_items("free", keys, out)
         return out
 
     def share(self, host: int, key: int) -> None:
         self._me(host)
-        self._raise_items("share", [key], self._call("share", {"keys": [int(key)]}))
+        self._raise_items("share", [key],
+                          self._per_item("share", self._call("share", {"keys": [int(key)]}), 1))
 
     def lookup(self, host: int, keys) -> int:
         self._me(host)
