@@ -245,11 +245,12 @@ class PoolClient:
             self.window_refused = f"given up after {cmd} timed out (the server may still use it)"
         self._close_window()
         self._connect()
-        keys = "a wrong server public key" if self._server_key else \
-            "a server that needs CurveZMQ keys: give server_public_key"
+        keys = ""
+        if not hasattr(self, "server_info"):     # never heard from it: keys may be the cause
+            keys = "; or a wrong server public key" if self._server_key else \
+                "; or a server that needs CurveZMQ keys: give server_public_key"
         return PoolTimeout(f"pool server {self.endpoint}: no reply to {cmd} within "
-                           f"{self.timeout_s:g} s (server down, restarted or unreachable; or "
-                           f"{keys})")
+                           f"{self.timeout_s:g} s (server down, restarted or unreachable{keys})")
 
     def _recv(self, want_id: int, deadline: float, cmd: str, others=None, spin_s: float = 0.0):
         """Reply to request want_id, or None at the deadline. Replies to other requests and
@@ -507,11 +508,10 @@ class PoolClient:
         span they cover, when known). Through the mailbox the server replies before it copies
         them out (mailbox.py): until it says it has, this client writes nowhere in that span."""
         out = self._call_frames("put", {"keys": keys, "shared": bool(shared), "shm": places})[0]
-        self._per_item("put", out, len(keys))
         if self._mailed:         # (under the caller's lock: the id and route are this request's)
             self._copying = (self._seq, *(region or (min(off for off, _ in places),
                                                      max(off + n for off, n in places))))
-        return out
+        return self._per_item("put", out, len(keys))
 
     def _window_region(self, nbytes: int) -> int:
         """Where the next nbytes written into the window go: at the start of the data area, or
@@ -632,8 +632,7 @@ class PoolClient:
             if items:
                 yield items, True        # the usual case: one request through the window
             return
-        limit = self._room if self.window is not None else \
-            self.server_info.get("max_frame_bytes", P.DEFAULT_MAX_FRAME_BYTES)
+        limit = self._room if self.window is not None else self._frame_limit
         chunk, size, chunk_window = [], 0, False   # chunk_window: the open chunk uses the window
         for item in items:
             n = len(item[1])
@@ -670,9 +669,9 @@ class PoolClient:
                 use_shm = self.window is not None
                 result, frames = self._call_frames("get", {"keys": part, "shm": use_shm})
                 if not use_shm:
-                    out += [bytes(f) for f in self._per_item("get", list(frames), len(part))]
+                    out += [bytes(f) for f in self._per_item("get", frames, len(part))]
                     continue
-                self._per_item("get", list(result), len(part))
+                self._per_item("get", result, len(part))
                 if len(frames) != sum(1 for off, _ in result if off < 0):
                     raise PoolError(f"pool server {self.endpoint}: bad reply to get: "
                                     f"{len(frames)} blocks sent for the places it gave")
