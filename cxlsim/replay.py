@@ -74,10 +74,15 @@ class ReplayConfig:
 
     def job_tag(self) -> str:
         """What the host processes of one multi-host replay must share, hashed: every setting
-        that shapes the results (not the trace's path or the label) and the trace's bytes. The
-        pool server refuses a host whose tag differs from the others' (PoolClient.attach)."""
+        that shapes the results (not the trace's path or the label), the model, accelerator and
+        topology as loaded (a path names a file whose contents may differ between machines),
+        and the trace's bytes. The pool server refuses a host whose tag differs from the others'
+        (PoolClient.attach)."""
         digest = hashlib.sha256()
         settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("trace", "label")}
+        topology = dataclasses.replace(load_topology(self.topology), origin="")  # (its path)
+        settings.update(model=repr(load_model(self.model)), accel=repr(load_accelerator(self.accel)),
+                        topology=repr(topology))
         digest.update(json.dumps(settings, sort_keys=True).encode())
         try:
             with open(self.trace, "rb") as f:

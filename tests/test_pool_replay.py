@@ -200,3 +200,24 @@ def test_bad_pool_arguments_are_named(args, says):
 def test_a_trace_that_is_a_directory_is_named(tmp_path):
     out = cxlsim("replay", tmp_path, "--no-plots", timeout=60)
     assert out.returncode == 2 and "is a directory, not a trace file" in out.stderr
+
+
+def test_the_job_tag_covers_what_shapes_results_and_not_paths(tmp_path):
+    """Host processes on several machines name their files by different paths: the tag hashes
+    the trace's bytes and the topology as loaded, so equal contents agree and unequal differ."""
+    import dataclasses
+    import shutil
+    from cxlsim.replay import ReplayConfig
+    base = ReplayConfig(trace=str(TRACE), hosts=4, topology="kv-pool-4host")
+    shutil.copy(TRACE, tmp_path / "copy.jsonl")
+    assert dataclasses.replace(base, trace=str(tmp_path / "copy.jsonl"),
+                               label="mine").job_tag() == base.job_tag()
+    (tmp_path / "longer.jsonl").write_text(TRACE.read_text() + "\n")
+    assert dataclasses.replace(base, trace=str(tmp_path / "longer.jsonl")).job_tag() != \
+        base.job_tag()
+    assert base.with_overrides(assign="session").job_tag() != base.job_tag()
+    text = (ROOT / "cxlsim" / "presets" / "topologies" / "kv-pool-4host.toml").read_text()
+    (tmp_path / "same.toml").write_text(text)
+    assert base.with_overrides(topology=str(tmp_path / "same.toml")).job_tag() == base.job_tag()
+    (tmp_path / "slower.toml").write_text(text.replace("bandwidth_gbps = ", "bandwidth_gbps = 1", 1))
+    assert base.with_overrides(topology=str(tmp_path / "slower.toml")).job_tag() != base.job_tag()

@@ -280,9 +280,11 @@ def test_curve_client_without_key_is_not_served(tmp_path):
                            capture_output=True, text=True, timeout=30)
     assert again.returncode == 2 and "already exists" in again.stderr and "--force" in again.stderr
     assert (tmp_path / "pool.public").read_bytes().strip() == public
+    os.chmod(tmp_path / "pool.secret", 0o644)       # --force writes fresh files, mode 0600
     subprocess.run([sys.executable, "-m", "cxlsim", "pool", "keygen", str(tmp_path), "--force"],
                    check=True, capture_output=True, timeout=30)
     assert (tmp_path / "pool.public").read_bytes().strip() != public
+    assert oct(os.stat(tmp_path / "pool.secret").st_mode & 0o777) == "0o600"
 
 
 def test_local_stream_carries_requests_and_large_blocks(clients):

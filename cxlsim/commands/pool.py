@@ -59,18 +59,23 @@ def read_key(path: str) -> bytes:
 def _keygen(directory: str, force: bool = False) -> int:
     import zmq
     secret_path = os.path.join(directory, "pool.secret")
-    existing = [p for p in (secret_path, os.path.join(directory, "pool.public"))
-                if os.path.exists(p)]
+    public_path = os.path.join(directory, "pool.public")
+    existing = [p for p in (secret_path, public_path) if os.path.lexists(p)]
     if existing and not force:
         raise ConfigError(f"{existing[0]} already exists: a new key pair would lock out the hosts "
                           f"that hold its public key (pass --force to replace it)")
     os.makedirs(directory, exist_ok=True)
+    for path in existing:            # (--force) fresh files: not an old file's mode or link
+        os.unlink(path)
     public, secret = zmq.curve_keypair()
-    fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(secret + b"\n")
-    with open(os.path.join(directory, "pool.public"), "wb") as f:
-        f.write(public + b"\n")
+    try:
+        fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secret + b"\n")
+        with open(public_path, "xb") as f:
+            f.write(public + b"\n")
+    except FileExistsError as exc:
+        raise ConfigError(f"{exc.filename}: appeared while keygen wrote the key pair") from None
     print(f"wrote {secret_path} (keep it on the server) and "
           f"{os.path.join(directory, 'pool.public')} (give it to hosts)")
     return 0

@@ -37,6 +37,7 @@ from .endpoint import check_endpoint, is_loopback_endpoint
 from .local import as_bytes
 from .mailbox import DATA_START, Mailbox
 from .shm import DEFAULT_WINDOW_BYTES, ShmWindow
+from .spans import Spans
 from .stream import (CLIENT_SPIN_US, DOORBELL, STREAM_GONE, WAIT_SLICE_S, MessageReader,
                      is_doorbell, message_prefix, recv_message, send_message, spin_budget_s, tune,
                      wait_in_kernel)
@@ -87,7 +88,7 @@ class PoolClient:
         self._control = None                # the window's mailbox words, while it has one
         self._mailbox = None                # the same, while requests go through it (a stream)
         self._lent = False                  # block_buffers handed out views of the window
-        self._views: list[tuple[int, int]] = []   # [start, end) of those not reused since
+        self._views = Spans()               # those views, less what was written over since
         self._copying = None                # (put id, start, end): a put the server may still copy
         self._lend_at = DATA_START          # where block_buffers hands out views next
         self._want_stream = use_stream
@@ -393,7 +394,7 @@ class PoolClient:
         self._control = self._mailbox = None
         self._copying = None
         self._lent, self._lend_at = False, DATA_START     # views of it are no longer places
-        self._views = []
+        self._views.clear()
         if self.window is not None:
             self.window.close()
             self.window = None
@@ -538,6 +539,8 @@ class PoolClient:
         if not box.wait_copied(seq, self.spin_s):
             while not box.wait_copied(seq, 0.0):
                 if time.monotonic() >= deadline:     # it may yet: the window is given up
+                    self.window_refused = f"given up after the server did not copy put {seq} " \
+                        f"out of it within {self.timeout_s:g} s"
                     self._close_window()
                     raise PoolTimeout(f"pool server {self.endpoint}: it has not copied put "
                                       f"{seq} out of this host's window within "
@@ -552,8 +555,9 @@ class PoolClient:
         one copy into pool memory). Once passed to put, a view is the pool's: write the next
         blocks into new views. Successive calls hand out the data area in turn, so views stay
         valid until later calls have handed it all out once more, or until this client's next
-        get or put of other data, which may reuse the window: a put of a view reused since
-        is refused, since its bytes may not be the ones written into it."""
+        get or put of other data, which may reuse the window: a put of a view a get or put
+        wrote over is refused, since its bytes are not the ones written into it. (A view whose
+        bytes later calls handed out again is the new view's memory: its put stores those.)"""
         if self.window is None:
             raise PoolError("block_buffers needs a shared-memory window: a client on the pool "
                             "server's machine with use_shm")
@@ -564,10 +568,12 @@ class PoolClient:
                             f"{self._room} B in all (PoolClient(shm_bytes=...))")
         with self._lock:
             views, off = [], self._lend_region(sum(sizes))
+            bounds = [off]
             for n in sizes:
                 views.append(self.window.buf[off:off + n])
-                self._views.append((off, off + n))
                 off += n
+                bounds.append(off)
+            self._views.add_run(bounds)
             self._lent = True
         return views
 
@@ -585,7 +591,7 @@ class PoolClient:
         """This client (or the server, for its get) is about to write [start, end) of the
         window: views handed out there no longer hold what was written into them."""
         if self._views:
-            self._views = [v for v in self._views if v[1] <= start or end <= v[0]]
+            self._views.cut(start, end)
 
     def _lent_places(self, items) -> list | None:
         """[offset, nbytes] of each item's buffer in the window's data area, when every buffer
@@ -601,7 +607,7 @@ class PoolClient:
                 places.append(None)
                 continue
             at -= base
-            if not any(start <= at and at + len(buf) <= end for start, end in self._views):
+            if not self._views.holds(at, at + len(buf)):
                 raise PoolError(f"put: block {key}'s buffer lies in this host's window but in no "
                                 f"view that block_buffers handed out and nothing has reused "
                                 f"since (a get, a put of other data or later block_buffers "
@@ -675,10 +681,12 @@ class PoolClient:
                 if len(frames) != sum(1 for off, _ in result if off < 0):
                     raise PoolError(f"pool server {self.endpoint}: bad reply to get: "
                                     f"{len(frames)} blocks sent for the places it gave")
+                if self._views:                      # the server wrote these blocks there
+                    written = [(off, off + n) for off, n in result if off >= 0]
+                    if written:
+                        self._reuse(min(a for a, _ in written), max(b for _, b in written))
                 frames = iter(frames)
                 for off, n in result:
-                    if off >= 0:
-                        self._reuse(off, off + n)        # the server wrote it there
                     out.append(bytes(next(frames)) if off < 0 else
                                self.window.buf[off:off + n].tobytes())
         return out
