@@ -559,7 +559,11 @@ class PoolServer:
             raise PoolError(f"this connection is already attached as host "
                             f"{self._conns[ident].host}")
         others = sorted((c.host, c.tag) for c in self._conns.values() if c.tag is not None)
-        if tag is not None and others and any(t != tag for _, t in others):
+        if others and tag is None:       # it would join their barriers and never hand in
+            raise PoolError(f"host {host}: attaches without a tag while the hosts of a job are "
+                            f"attached ({', '.join(f'host {h}: {t}' for h, t in others)}); it "
+                            f"would hold up their barriers")
+        if others and any(t != tag for _, t in others):
             raise PoolError(f"host {host}: its job's tag {tag} differs from the tag of the hosts "
                             f"attached ({', '.join(f'host {h}: {t}' for h, t in others)}): for a "
                             f"replay, every host process must be given the same trace and "
