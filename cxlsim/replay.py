@@ -80,7 +80,8 @@ class ReplayConfig:
         (PoolClient.attach)."""
         digest = hashlib.sha256()
         settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("trace", "label")}
-        topology = dataclasses.replace(load_topology(self.topology), origin="")  # (its path)
+        # (its path, and a name that may come from the file's name, are not results)
+        topology = dataclasses.replace(load_topology(self.topology), origin="", name="")
         settings.update(model=repr(load_model(self.model)), accel=repr(load_accelerator(self.accel)),
                         topology=repr(topology))
         digest.update(json.dumps(settings, sort_keys=True).encode())

@@ -648,3 +648,9 @@ def test_a_view_reused_by_a_later_get_is_refused_not_stored(host):
         c.put(20, 4, c.window.buf[DATA_START + 100:DATA_START + 200])
     with pytest.raises(PoolError, match="not in the pool"):
         c.get(20, 2)
+    # a put of plain bytes is copied into the window from its data area's start, over a view
+    first, = c.block_buffers([c._room - 4096])      # (wraps: starts at the data area's start)
+    first[:100] = b"f" * 100
+    c.put(20, 5, b"p" * 1000)
+    with pytest.raises(PoolError, match="in no view"):
+        c.put(20, 6, first[:100])

@@ -418,12 +418,15 @@ def test_an_idle_client_stays_attached_unless_keepalive_is_off():
 
 def test_hosts_of_one_job_must_share_its_tag(clients):
     a, b, c, d = clients(30), clients(31), clients(32), clients(33)
-    c.attach(32, 0)                                   # no tag, and no job attached yet
+    c.attach(32, 0)                                   # no tag: no job may join meanwhile
+    with pytest.raises(PoolError, match="host 30: hosts without a tag are attached \\(\\[32\\]\\)"):
+        a.attach(30, 0, tag="replay-1")
+    c.detach(32)
     a.attach(30, 0, tag="replay-1")
     with pytest.raises(PoolError, match="host 31: its job's tag replay-2 differs from the tag "
                                         "of the hosts attached \\(host 30: replay-1\\)"):
         b.attach(31, 0, tag="replay-2")
-    assert "31" not in c.stats()["hosts"]             # refused before it joined the pool
+    assert "31" not in a.stats()["hosts"]             # refused before it joined the pool
     with pytest.raises(PoolError, match="host 33: attaches without a tag while the hosts of a "
                                         "job are attached"):
         d.attach(33, 0)                               # it would hold up the job's barriers

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import sys
 
 from ..errors import ConfigError
@@ -64,18 +65,26 @@ def _keygen(directory: str, force: bool = False) -> int:
     if existing and not force:
         raise ConfigError(f"{existing[0]} already exists: a new key pair would lock out the hosts "
                           f"that hold its public key (pass --force to replace it)")
-    os.makedirs(directory, exist_ok=True)
-    for path in existing:            # (--force) fresh files: not an old file's mode or link
-        os.unlink(path)
     public, secret = zmq.curve_keypair()
+    written = []                     # temporary files, renamed over the pair once both are whole
     try:
-        fd = os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(secret + b"\n")
-        with open(public_path, "xb") as f:
-            f.write(public + b"\n")
-    except FileExistsError as exc:
-        raise ConfigError(f"{exc.filename}: appeared while keygen wrote the key pair") from None
+        os.makedirs(directory, exist_ok=True)
+        for key, mode in ((secret, 0o600), (public, 0o644)):
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".keygen-")   # (mode 0600)
+            written.append(tmp)
+            with os.fdopen(fd, "wb") as f:
+                f.write(key + b"\n")
+            os.chmod(tmp, mode)
+        # a failure before here leaves the old pair; --force keeps no old file's mode or link
+        os.replace(written[0], secret_path)
+        os.replace(written[1], public_path)
+    except OSError as exc:
+        where = exc.filename2 or exc.filename or directory      # (a rename names its target)
+        raise ConfigError(f"{where}: cannot write the key pair ({exc.strerror})") from None
+    finally:
+        for tmp in written:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
     print(f"wrote {secret_path} (keep it on the server) and "
           f"{os.path.join(directory, 'pool.public')} (give it to hosts)")
     return 0

@@ -559,10 +559,16 @@ class PoolServer:
             raise PoolError(f"this connection is already attached as host "
                             f"{self._conns[ident].host}")
         others = sorted((c.host, c.tag) for c in self._conns.values() if c.tag is not None)
-        if others and tag is None:       # it would join their barriers and never hand in
+        untagged = sorted(c.host for c in self._conns.values() if c.tag is None)
+        # a host outside a job would join its barriers and never hand in: none may mix
+        if others and tag is None:
             raise PoolError(f"host {host}: attaches without a tag while the hosts of a job are "
                             f"attached ({', '.join(f'host {h}: {t}' for h, t in others)}); it "
                             f"would hold up their barriers")
+        if untagged and tag is not None:
+            raise PoolError(f"host {host}: hosts without a tag are attached ({untagged}); they "
+                            f"would hold up this job's barriers (detach them, or use a fresh "
+                            f"server)")
         if others and any(t != tag for _, t in others):
             raise PoolError(f"host {host}: its job's tag {tag} differs from the tag of the hosts "
                             f"attached ({', '.join(f'host {h}: {t}' for h, t in others)}): for a "

@@ -16,6 +16,10 @@ class Spans:
     def __len__(self) -> int:
         return len(self._starts)
 
+    def __iter__(self):
+        """The spans as (start, end), in order."""
+        return zip(self._starts, self._ends)
+
     def clear(self) -> None:
         self._starts.clear()
         self._ends.clear()
