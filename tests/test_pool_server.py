@@ -443,6 +443,7 @@ def test_a_reply_with_the_wrong_number_of_items_is_a_clear_error(monkeypatch):
     drop the missing items' refusals, or read past the blocks it was sent."""
     import threading
     monkeypatch.setattr(PoolServer, "_cmd_free", lambda self, *a: ([None], ()))
+    monkeypatch.setattr(PoolServer, "_cmd_get", lambda self, *a: ([], ()))
     srv = PoolServer(LocalPool(16 * MIB, extent_bytes=MIB), "tcp://127.0.0.1:*",
                      log=io.StringIO())
     thread = threading.Thread(target=srv.serve, daemon=True)
@@ -454,6 +455,12 @@ def test_a_reply_with_the_wrong_number_of_items_is_a_clear_error(monkeypatch):
                 c.put_many(int(shm), [(1, b"a"), (2, b"b")])
                 with pytest.raises(PoolError, match="bad reply to free: 1 entries for 2 items"):
                     c.free_many(int(shm), [1, 2])
+                views = c.block_buffers([10]) if shm else []
+                with pytest.raises(PoolError, match="bad reply to get: 0 entries for 1 items"):
+                    c.get(int(shm), 1)
+                for view in views:        # the server might have written over it: not trusted
+                    with pytest.raises(PoolError, match="in no view"):
+                        c.put(int(shm), 3, view)
                 c.detach(int(shm))
     finally:
         srv.stop()

@@ -677,10 +677,14 @@ class PoolClient:
                 if not use_shm:
                     out += [bytes(f) for f in self._per_item("get", frames, len(part))]
                     continue
-                self._per_item("get", result, len(part))
-                if len(frames) != sum(1 for off, _ in result if off < 0):
-                    raise PoolError(f"pool server {self.endpoint}: bad reply to get: "
-                                    f"{len(frames)} blocks sent for the places it gave")
+                try:
+                    self._per_item("get", result, len(part))
+                    if len(frames) != sum(1 for off, _ in result if off < 0):
+                        raise PoolError(f"pool server {self.endpoint}: bad reply to get: "
+                                        f"{len(frames)} blocks sent for the places it gave")
+                except PoolError:
+                    self._views.clear()      # it may have written anywhere in the data area
+                    raise
                 if self._views:                      # the server wrote these blocks there
                     written = [(off, off + n) for off, n in result if off >= 0]
                     if written:
