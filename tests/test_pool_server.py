@@ -137,6 +137,8 @@ def test_unattached_connection_is_refused_and_host_ids_unique(server, clients):
     try:
         rep = rpc(s, [P.encode_request(1, "get", {"keys": [1], "shm": False})])
         assert rep["ok"] is False and rep["error"]["code"] == P.E_ATTACH
+        rep = rpc(s, [P.encode_request(9, "stats", {})])    # read-only: no attach needed
+        assert rep["ok"] is True and list(rep["result"]["hosts"]) == ["0"]
         rep = rpc(s, [P.encode_request(2, "attach", {"host": 0, "quota": 0, "tag": None})])
         assert rep["error"]["code"] == P.E_REFUSED and "already attached" in rep["error"]["message"]
         # windows come only with a stream's hello (a descriptor), never by name
