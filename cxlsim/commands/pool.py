@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import sys
+import tempfile
 
 from ..errors import ConfigError
 

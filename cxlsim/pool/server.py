@@ -513,8 +513,8 @@ class PoolServer:
             if cmd == "sync":
                 self._send(ident, P.encode_reply(req_id, self._sync()), (), stream)
                 return
-            if cmd == "stats" and conn is None:   # read-only: a monitor needs no host of its
-                self._send(ident, P.encode_reply(req_id, self.pool.stats()), (), stream)  # own
+            if cmd == "stats" and conn is None:   # read-only: a monitor needs no host
+                self._send(ident, P.encode_reply(req_id, self.pool.stats()), (), stream)
                 return
             if cmd == "attach":
                 self._attach(ident, req_id, args)
