@@ -91,3 +91,14 @@ def fuzz_changes_nothing(c, other, fuzz, at_least: int = 1000) -> None:
     assert sent[0] >= at_least
     assert other.stats() == before
     assert c.get(c.host_id, 1) == b"private" * 10 and c.lookup(c.host_id, [2]) == 1
+
+
+def raw_mail(c, seq, payload) -> dict:
+    """Post `payload` as request `seq` through client c's mailbox; the msgpack reply."""
+    import msgpack
+    if c._mailbox.post(seq, payload):     # the server sleeps: ring it, as a client does
+        c._ring("raw")
+    assert c._mailbox.wait(seq, 5.0), f"no mailbox reply to {payload[:200]!r}"
+    raw = c._mailbox.read()
+    assert raw[:1] != b"\xc1", "a compact reply: errors are always said in msgpack"
+    return msgpack.unpackb(raw, raw=False)

@@ -5,7 +5,6 @@ replies), and every malformed compact request gets an error reply naming its fau
 nothing."""
 import struct
 
-import msgpack
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
@@ -14,7 +13,7 @@ from cxlsim.pool import protocol as P
 from cxlsim.pool.client import PoolClient
 from cxlsim.pool.local import LocalPool
 from cxlsim.pool.mailbox import DATA_START, REQUEST_AT
-from pool_support import detach_and_close, fuzz_changes_nothing, pool_server
+from pool_support import detach_and_close, fuzz_changes_nothing, pool_server, raw_mail
 
 MIB = 1 << 20
 HEAD = struct.Struct("=BBBBIQ")
@@ -144,13 +143,9 @@ def test_hot_commands_go_compact_and_answer_as_the_local_pool(host):
 
 
 def _post_raw(c, payload) -> dict:
+    """Post `payload` as c's next request; its reply (raw_mail checks it is msgpack)."""
     c._seq += 1
-    if c._mailbox.post(c._seq, payload):
-        c._ring("raw")
-    assert c._mailbox.wait(c._seq, 5.0), f"no mailbox reply to {payload[:64]!r}"
-    raw = c._mailbox.read()
-    assert not P.is_compact(raw)                     # errors are always said in msgpack
-    return msgpack.unpackb(raw, raw=False)
+    return raw_mail(c, c._seq, payload)
 
 
 # one fault per request: (name, the error code it must get, whether the head (and id) survive)

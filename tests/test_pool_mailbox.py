@@ -28,7 +28,7 @@ from cxlsim.pool.local import LocalPool
 from cxlsim.pool.mailbox import DATA_START, REPLY_BYTES, REQUEST_BYTES, Mailbox
 from cxlsim.pool.server import PoolServer
 from cxlsim.pool.shm import ShmWindow
-from pool_support import detach_and_close, fuzz_changes_nothing, pool_server
+from pool_support import detach_and_close, fuzz_changes_nothing, pool_server, raw_mail
 from test_pool_fuzz import malformed
 
 MIB = 1 << 20
@@ -109,21 +109,13 @@ def test_errors_come_back_through_the_mailbox(host):
     assert c.get(2, 1) == b"mine"
 
 
-def _raw_mail(c, seq, payload) -> dict:
-    """Post `payload` as request `seq` through c's mailbox and read the reply."""
-    if c._mailbox.post(seq, payload):     # the server sleeps: ring it, as a client does
-        c._ring("raw")
-    assert c._mailbox.wait(seq, 5.0), f"no mailbox reply to {payload[:200]!r}"
-    return msgpack.unpackb(c._mailbox.read(), raw=False)
-
-
 def test_a_host_scribbling_on_its_mailbox_gets_errors_and_changes_nothing(host):
     c, other = host(3), host(4)
     other.put(4, 7, b"other's", shared=False)
     c.put(3, 8, b"shared", shared=True)
     before = c.stats()
     seq = c._seq + 100
-    rep = _raw_mail(c, seq + 1, b"\x92 not msgpack")
+    rep = raw_mail(c, seq + 1, b"\x92 not msgpack")
     assert rep["ok"] is False and rep["error"]["code"] == P.E_FRAME
     # a length word past the request slot
     raw = ffi.from_buffer(c.window.buf)
@@ -135,7 +127,7 @@ def test_a_host_scribbling_on_its_mailbox_gets_errors_and_changes_nothing(host):
     ffi.release(raw)
     # a valid put whose block lies in the mailbox, not the data area
     put = P.encode_request(seq + 4, "put", {"keys": [9], "shared": False, "shm": [[0, 16]]})
-    rep = _raw_mail(c, seq + 4, put)
+    rep = raw_mail(c, seq + 4, put)
     assert rep["error"]["code"] == P.E_REFUSED and "data area" in rep["error"]["message"]
     c._seq = seq + 10                     # the client goes on after the numbers used above
     assert c.stats() == before
@@ -150,7 +142,7 @@ def _fuzz_mailbox(c, sent, messages):
         if len(frames) != 1 or len(frames[0]) > REQUEST_BYTES:
             continue
         sent[0] += 1
-        rep = _raw_mail(c, sent[0] + 1000, frames[0])
+        rep = raw_mail(c, sent[0] + 1000, frames[0])
         assert rep["ok"] is False, (frames, rep)
 
 

@@ -142,21 +142,18 @@ class PoolClient:
         if self._mailed:
             if box.post(self._seq, header):          # the server sleeps: ring its stream
                 self._ring(cmd)
-            return self._seq
-        if self._stream is not None:
-            try:
-                send_message(self._stream, [header, *frames], self.timeout_s)
-            except OSError as exc:
-                self._drop_stream()
-                raise PoolError(f"pool server {self.endpoint}: local stream failed while "
-                                f"sending {cmd} ({exc}): {STREAM_GONE}") from None
+        elif self._stream is not None:
+            self._stream_send([header, *frames], cmd)
         else:
             self._sock.send_multipart([header, *frames], copy=False)
         return self._seq
 
     def _ring(self, cmd: str) -> None:
+        self._stream_send(DOORBELL, cmd)
+
+    def _stream_send(self, frames, cmd: str) -> None:
         try:
-            send_message(self._stream, DOORBELL, self.timeout_s)
+            send_message(self._stream, frames, self.timeout_s)
         except OSError as exc:
             self._drop_stream()
             raise PoolError(f"pool server {self.endpoint}: local stream failed while "
@@ -632,12 +629,8 @@ class PoolClient:
         return self.window.size - DATA_START
 
     def _chunks(self, items):
-        """Split a batch so each request fits the window, or the frame limits of sockets."""
-        if self.window is not None and len(items) <= P.MAX_BATCH \
-                and sum(len(b) for _, b in items) <= self._room:
-            if items:
-                yield items, True        # the usual case: one request through the window
-            return
+        """Split a batch that one request cannot carry (the usual batch is put whole:
+        _put_items) so each request fits the window, or the frame limits of sockets."""
         limit = self._room if self.window is not None else self._frame_limit
         chunk, size, chunk_window = [], 0, False   # chunk_window: the open chunk uses the window
         for item in items:

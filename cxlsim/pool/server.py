@@ -22,7 +22,6 @@ import signal
 import queue
 import socket
 import stat
-import struct
 import sys
 import tempfile
 import threading
@@ -38,10 +37,9 @@ from .endpoint import check_endpoint, is_loopback_endpoint
 from .local import LocalPool
 from .mailbox import DATA_START, REPLY_BYTES, Inboxes, Mailbox
 from .shm import ShmWindow
-from .stream import (DOORBELL, SERVER_SPIN_US, MessageReader, is_doorbell, send_message,
-                     spin_budget_s, tune)
+from .stream import (DOORBELL, ONE_FRAME_HEAD, SERVER_SPIN_US, MessageReader, is_doorbell,
+                     send_message, spin_budget_s, tune)
 
-_HELLO_HEAD = struct.Struct("<II")      # a stream message's frame count and its one length
 POLL_MS = 50
 HELLO_BYTES = 256              # a stream hello is far smaller
 HELLO_WAIT_S = 2.0             # an unbound stream is closed after this long
@@ -380,7 +378,7 @@ class PoolServer:
         stream.fds += fds
         stream.hello += data
         hello = stream.hello
-        count, length = _HELLO_HEAD.unpack_from(hello) if len(hello) >= 8 else (1, 0)
+        count, length = ONE_FRAME_HEAD.unpack_from(hello) if len(hello) >= 8 else (1, 0)
         if not data or len(stream.fds) > 1 or len(hello) > HELLO_BYTES or count != 1 \
                 or len(hello) > 8 + length:
             self._close_stream(stream)   # closed, or not a hello of one frame and at most one fd

@@ -31,7 +31,7 @@ import time
 from ..errors import PoolError, ProtocolError
 
 _U32 = struct.Struct("<I")
-_ONE_FRAME = struct.Struct("<II")
+ONE_FRAME_HEAD = struct.Struct("<II")     # frame count 1, and its length
 MAX_FRAMES = (1 << 16) + 1          # a header and one data frame per key of a full batch
 IOV_MAX = 1024                      # buffers one sendmsg takes (Linux)
 # bytes per recv: Python allocates the full size for every call, and a buffer past glibc's mmap
@@ -91,7 +91,7 @@ def send_message(sock: socket.socket, frames, timeout_s: float) -> None:
     Sends never block: a full socket buffer is waited out with poll, so the socket's own
     blocking mode (the server's never-blocking reads, a client's recv timeout) is left alone."""
     if len(frames) == 1 and isinstance(frames[0], bytes) and len(frames[0]) < READ_BYTES:
-        parts = [memoryview(_ONE_FRAME.pack(1, len(frames[0])) + frames[0])]   # most messages
+        parts = [memoryview(ONE_FRAME_HEAD.pack(1, len(frames[0])) + frames[0])]   # most messages
     else:
         parts = [memoryview(message_prefix(frames))]
         parts += [memoryview(f).cast("B") for f in frames]
