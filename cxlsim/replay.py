@@ -352,6 +352,8 @@ def run_quanta(servers: list[ServingHost], sides: list[PoolSide], exchange, quan
         if len(servers) == 1:
             _run_alone(servers[0], sides[0], delta.run_until_ns, delta.horizon_ns, quantum_ns)
         delta = barrier(delta.quantum + 1)
+    for side in sides:
+        side.settle()                          # the last delta's changes count (rejections)
     return delta.quantum + 1
 
 
@@ -432,7 +434,7 @@ def _run_pooled(cfg, dep, sched, topo, trace, wall0, progress, closed_form, clie
                               f"--quantum-ns {cfg.quantum_us * 1e3:g}")
 
         def exchange(seq, ops, nexts):
-            return client.exchange(only, seq, ops[only], nexts[only])
+            return client.exchange_lazy(only, seq, ops[only], nexts[only])
         if wait_for_hosts is not None:
             wait_for_hosts()
     bar = _progress(int(sum(np.isin(owner, list(mine)))), cfg, progress)

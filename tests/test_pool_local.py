@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from cxlsim.errors import PoolError
-from cxlsim.pool.api import OP_FREE, OP_PUT, OP_TOUCH, Pool, PoolOp
+from cxlsim.pool.api import OP_FREE, OP_PUT, OP_TOUCH, Pool, PoolOp, Release
 from cxlsim.pool.local import LocalPool
 
 KIB = 1024
@@ -277,13 +277,49 @@ def test_a_merged_delta_has_the_effect_of_its_parts_in_order(changes, mirror):
     assert merged.rejected == one_by_one.rejected == len(deltas)
 
 
+def test_a_lazy_delta_applies_at_the_first_look_at_the_mirror_or_before_the_next_hand_in():
+    """A host side given a LazyDelta fetches its pool changes only when it reads the mirror or
+    hands in its next ops, and ends up as if the delta had been applied at once."""
+    from cxlsim.pool.api import LazyDelta, PoolDelta
+    from cxlsim.serving.pooltier import PoolSide
+
+    delta = PoolDelta(3, (7,), (5,), ((1, 0, "full"),), run_until_ns=4e6, horizon_ns=9e6)
+    fetched = []
+
+    def lazy():
+        out = LazyDelta(Release(3, 4e6, 9e6), lambda: (fetched.append(1), out.deliver(delta)))
+        return out
+    eager, side = PoolSide(1, "pool", 1), PoolSide(1, "pool", 1)
+    eager.mirror, side.mirror = {5}, {5}
+    eager.apply(delta)
+    side.apply(lazy())
+    side.put(8, 4096, 1.0)                    # buffering ops reads nothing
+    assert fetched == []
+    assert 7 in side and 5 not in side and fetched == [1]
+    assert (side.mirror, side.rejected) == (eager.mirror, eager.rejected)
+    again = PoolSide(1, "pool", 1)
+    again.apply(lazy())
+    assert [op.key for op in again.take_ops()] == [] and fetched == [1, 1]
+    assert again.mirror == {7}
+
+
+def test_a_lazy_delta_refuses_a_delta_its_release_did_not_promise():
+    from cxlsim.pool.api import LazyDelta, PoolDelta
+    lazy = LazyDelta(Release(3, 4e6, 9e6), lambda: None)
+    with pytest.raises(PoolError, match="released this host with"):
+        lazy.deliver(PoolDelta(3, (), (), run_until_ns=5e6, horizon_ns=9e6))
+    with pytest.raises(PoolError, match="never came"):
+        lazy.result()
+
+
 @settings(max_examples=80, deadline=None)
 @given(st.lists(st.lists(st.one_of(st.none(), st.floats(0.0, 20_000.0)), min_size=3, max_size=3),
                 min_size=1, max_size=12))
 def test_due_names_the_hosts_a_hand_in_releases(rounds):
-    """`due` (the server's early wake-up of a parked host) predicts exactly what the barrier then
-    releases, and nothing while other hosts still have to hand in. Each round, the hosts that
-    were released hand in again with the next event times drawn."""
+    """`due` (the server's early release of a parked host) predicts exactly which hosts the
+    barrier then releases and the schedule each delta carries, and nothing while other hosts
+    still have to hand in. Each round, the hosts that were released hand in again with the next
+    event times drawn."""
     p = pool(quantum_ns=1000.0)
     for h in range(3):
         p.attach(h, 0)
@@ -293,12 +329,13 @@ def test_due_names_the_hosts_a_hand_in_releases(rounds):
             break
         for i, h in enumerate(running):
             predicted = p.due(h, q, nexts[h])
-            assert p.due(h, q + 1, nexts[h]) == []         # a hand-in exchange would refuse
+            assert p.due(h, q + 1, nexts[h]) == {}         # a hand-in exchange would refuse
             released = p.exchange(h, q, [], nexts[h])
             if i < len(running) - 1:
-                assert predicted == [] and released == {}
+                assert predicted == {} and released == {}
             else:
-                assert predicted == sorted(released)
+                assert predicted == {r: Release(d.quantum, d.run_until_ns, d.horizon_ns)
+                                     for r, d in released.items()}
         q += 1
         running = sorted(released)
         if any(math.isinf(d.run_until_ns) for d in released.values()):

@@ -14,7 +14,7 @@ import zmq
 
 from cxlsim.errors import PoolError
 from cxlsim.pool import protocol as P
-from cxlsim.pool.api import PoolOp
+from cxlsim.pool.api import LazyDelta, PoolOp
 from cxlsim.pool.client import PoolClient
 from cxlsim.pool.local import LocalPool
 from cxlsim.pool.server import PoolServer, _Conn
@@ -207,8 +207,8 @@ def test_exchange_through_server_matches_local_pool_exactly():
 
 def test_a_parked_host_hears_its_release_is_coming(server):
     """Host 0 is parked (its next event is later); when host 1's hand-in completes the barrier
-    that releases host 0, the server first sends host 0 a `soon` notice (so it can stop sleeping
-    while the ops are applied), then the release itself."""
+    that releases host 0, the server first sends host 0 a `soon` notice with the release's
+    schedule (so it can run while the ops are applied), then the release itself."""
     a, b = raw_socket(server), raw_socket(server)
     try:
         for h, s in ((0, a), (1, b)):
@@ -229,9 +229,41 @@ def test_a_parked_host_hears_its_release_is_coming(server):
         release = msgpack.unpackb(a.recv_multipart()[0], raw=False)
         assert release["id"] == 2 and release["result"]["added"] == [42]
         assert release["result"]["run_until_ns"] == 6e6
+        promised = P.notice_release(notice)          # (barrier, run_until_ns, horizon_ns)
+        assert promised == (release["result"]["quantum"], 6e6, float("inf"))
     finally:
         a.close(0)
         b.close(0)
+
+
+def test_a_parked_host_runs_on_its_release_before_the_delta_comes():
+    """exchange_lazy of a parked host returns on the `soon` notice: a LazyDelta with the
+    release's schedule, whose pool changes come after. The client's next request receives them
+    first, and result() is then the delta exchange gave the host that completed the barrier."""
+    from concurrent.futures import ThreadPoolExecutor
+    put = [PoolOp(500.0, 1, 0, "put", 42, 4096, True)]
+    with pool_server(capacity_bytes=MIB) as (ep, proc, log), ThreadPoolExecutor(1) as ex:
+        # one stream each (no mailbox): the notice and the reply arrive in the order sent
+        a, b = (PoolClient(ep, h, timeout_s=5.0, use_shm=False) for h in (0, 1))
+        try:
+            a.attach(0, 0)
+            b.attach(1, 0)
+            parked = ex.submit(a.exchange_lazy, 0, 0, [], 5e6)   # host 0's next event: 5 ms
+            time.sleep(0.2)                                      # (its hand-in is in)
+            alone = b.exchange(1, 0, [], 1e3)
+            assert alone.run_until_ns == 1e6 and not parked.done()   # host 1 runs alone
+            full = b.exchange(1, 1, put, 5.5e6)                  # releases host 0 too
+            lazy = parked.result(timeout=5)
+            assert isinstance(lazy, LazyDelta)
+            assert (lazy.quantum, lazy.run_until_ns, lazy.horizon_ns) == (1, 6e6, 5.5e6)
+            assert (full.quantum, full.run_until_ns, full.horizon_ns) == (1, 6e6, 5e6)
+            assert a.stats()["quantum"] == 2         # a request: the delta is received first
+            got = lazy.result()
+            assert got.added == full.added == (42,)
+            assert got._replace(horizon_ns=0) == full._replace(horizon_ns=0)
+        finally:
+            for c in (a, b):
+                c.close()
 
 
 def test_server_restart_gives_a_clear_error(tmp_path):

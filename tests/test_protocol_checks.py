@@ -70,3 +70,20 @@ def test_bad_exchange_columns_are_named(ops, named):
         _exchange(ops)
     assert named in str(err.value)
     assert err.value.req_id == 7          # so the error reply can carry the request's id
+
+
+@pytest.mark.parametrize("release", [None, [1, 2.0], [-1, 1e6, None], [1, "x", None],
+                                     [1, float("nan"), None], [True, 1e6, None], [1, -1.0, None],
+                                     {"quantum": 1}])
+def test_a_bad_release_in_a_notice_is_named(release):
+    notice = {"id": None, "ok": True, "result": {"soon": 4, "release": release}}
+    with pytest.raises(ProtocolError, match="soon notice's release"):
+        P.notice_release(notice)
+
+
+def test_a_notice_carries_its_release_through_msgpack():
+    from cxlsim.pool.api import Release
+    raw = P.encode_soon_notice(4, Release(9, 6e6, math.inf))
+    msg = P.decode_reply(raw)
+    assert P.is_soon_notice(msg, 4) and not P.is_soon_notice(msg, 9)
+    assert P.notice_release(msg) == (9, 6e6, math.inf)

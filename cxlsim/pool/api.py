@@ -39,6 +39,8 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
+from ..errors import PoolError
+
 #: op kinds a host may buffer during a quantum
 OP_PUT = "put"        # write a block into the pool (owner = host); key, nbytes, shared
 OP_TOUCH = "touch"    # a host read the block (recency for the pool's eviction, coherence read)
@@ -78,6 +80,40 @@ class PoolDelta(NamedTuple):
     #: then the host alone has work, so after a quantum in which it handed nothing to the pool
     #: the barrier could change nothing, and a host process may run on without it.
     horizon_ns: float = float("inf")
+
+
+class Release(NamedTuple):
+    """A barrier's schedule for one host it releases, known before the barrier's ops are applied
+    (it depends only on the hosts' next event times): the fields of the same name in its delta."""
+    quantum: int
+    run_until_ns: float
+    horizon_ns: float
+
+
+class LazyDelta:
+    """A release whose schedule came first and whose pool changes come later
+    (PoolClient.exchange_lazy): the host can run its quantum while the server applies the
+    barrier's ops, and needs `result()`, the whole delta, only when it looks at the pool."""
+
+    def __init__(self, release: Release, fetch):
+        self.quantum, self.run_until_ns, self.horizon_ns = self.release = release
+        self._fetch = fetch            # receives the delta and hands it to deliver()
+        self._delta: PoolDelta | None = None
+
+    def deliver(self, delta: PoolDelta) -> None:
+        promised = Release(delta.quantum, delta.run_until_ns, delta.horizon_ns)
+        if promised != self.release:
+            raise PoolError(f"the pool released this host with {self.release} and then sent a "
+                            f"delta for {promised}")
+        self._delta = delta
+
+    def result(self) -> PoolDelta:
+        if self._delta is None:
+            self._fetch()
+            if self._delta is None:
+                raise PoolError(f"the delta of barrier {self.quantum} never came: its client "
+                                f"was closed or lost the server first")
+        return self._delta
 
 
 class DeltaMerger:

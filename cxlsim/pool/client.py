@@ -32,7 +32,7 @@ import zmq
 from .._core import ffi
 from ..errors import PoolError, PoolTimeout, ProtocolError
 from . import protocol as P
-from .api import PoolDelta, PoolOp
+from .api import LazyDelta, PoolDelta, PoolOp, Release
 from .endpoint import check_endpoint, is_loopback_endpoint
 from .local import as_bytes
 from .mailbox import DATA_START, Mailbox
@@ -94,6 +94,7 @@ class PoolClient:
         self._want_stream = use_stream
         self._seq = 0
         self._horizon_ns = math.inf        # earliest next event of the other hosts, last we heard
+        self._owed = None                   # (LazyDelta, request id, mailed, quantum) to receive
         self._lock = threading.RLock()      # one request at a time, the keep-alive thread's too
         self._last_request = time.monotonic()
         self._keepalive = keepalive
@@ -130,6 +131,8 @@ class PoolClient:
     def _send(self, cmd: str, args: dict, frames=(), mailbox_ok: bool = False) -> int:
         """Send a request; its id. With mailbox_ok, it goes through the mailbox where it can
         (`self._mailed` says whether it did)."""
+        if self._owed is not None:           # the reply to an exchange comes first
+            self._settle_owed()
         self._last_request = time.monotonic()
         self._seq += 1
         box = self._mailbox if mailbox_ok and not frames else None
@@ -378,6 +381,7 @@ class PoolClient:
 
     def close(self) -> None:
         self._stop_keepalive()
+        self._owed = None                    # a LazyDelta still waiting says it never came
         self._drop_stream()
         if self._sock is not None:
             self._sock.close(0)
@@ -723,6 +727,16 @@ class PoolClient:
     def exchange(self, host: int, quantum: int, ops: list[PoolOp],
                  next_ns: float | None = None) -> PoolDelta:
         """Hand in this host's ops for `quantum`; blocks until every attached host has."""
+        got = self.exchange_lazy(host, quantum, ops, next_ns)
+        return got if isinstance(got, PoolDelta) else got.result()
+
+    def exchange_lazy(self, host: int, quantum: int, ops: list[PoolOp],
+                      next_ns: float | None = None) -> PoolDelta | LazyDelta:
+        """As exchange, but a parked host returns as soon as the server has scheduled its
+        release (a `soon` notice, protocol.md): a LazyDelta with the schedule, whose pool
+        changes arrive while the host runs (`result()` waits for them; so does this client's
+        next request). A host that looks at the pool only when it must (PoolSide) runs its
+        quantum while the server applies the barrier's ops."""
         self._me(host)
         for op in ops:
             if op.host != host:
@@ -734,34 +748,58 @@ class PoolClient:
         if next_ns is not None and not math.isfinite(next_ns):
             next_ns = None
         with self._lock:          # the keep-alive thread waits: exchange sends its own heartbeats
-            delta = self._await_release(quantum, wire, next_ns)
-        self._horizon_ns = delta.horizon_ns
-        return delta
+            req = self._send("exchange", {"quantum": int(quantum), "ops": wire,
+                                          "next_ns": None if next_ns is None else float(next_ns)},
+                             mailbox_ok=True)
+            mailed = self._mailed        # (the heartbeats of a long wait go beside the mailbox)
+            # poll, not sleep, when the release should come at once: this host's next event
+            # is the earliest of all it knows of
+            soon = next_ns is not None and next_ns < self._horizon_ns
+            got = self._await_release(req, mailed, quantum, soon, early=True)
+            if isinstance(got, Release):
+                got = LazyDelta(got, self._settle_owed)
+                self._owed = (got, req, mailed, quantum)
+        self._horizon_ns = got.horizon_ns
+        return got
 
-    def _await_release(self, quantum: int, wire: list, next_ns: float | None) -> PoolDelta:
-        """Send the hand-in and wait for this host's release, heartbeating while parked."""
-        req = self._send("exchange", {"quantum": int(quantum), "ops": wire,
-                                      "next_ns": None if next_ns is None else float(next_ns)},
-                         mailbox_ok=True)
+    def _settle_owed(self) -> None:
+        """Receive the delta of a release exchange_lazy returned early, before this client
+        sends or waits for anything else."""
+        with self._lock:
+            owed, self._owed = self._owed, None
+            if owed is not None:
+                lazy, req, mailed, quantum = owed
+                lazy.deliver(self._await_release(req, mailed, quantum, True, early=False))
+
+    def _await_release(self, req: int, mailed: bool, quantum: int, soon: bool, early: bool):
+        """Wait for the release of exchange `req`, heartbeating while parked: its PoolDelta, or
+        with `early` the Release of a `soon` notice if that comes first. Polls once the release
+        is due soon (`soon`, or such a notice), else sleeps."""
         # through the mailbox, heartbeats and notices still travel over the stream beside it
-        recv = self._recv_mail if self._mailed else self._recv
+        recv = self._recv_mail if mailed else self._recv
         deadline = time.monotonic() + self.timeout_s
-        alive = []
+        alive, schedule = [], []
         hb_out = False
-        # poll, not sleep, when the release should come at once: this host's next event is the
-        # earliest of all it knows of, or the server said its release is coming (a notice)
-        soon = next_ns is not None and next_ns < self._horizon_ns
 
-        def seen(msg) -> bool:
+        def seen(msg) -> bool:          # True: stop waiting on the socket (return or poll)
             alive.append(msg)
-            return P.is_soon_notice(msg, quantum) and not soon   # True: start polling now
+            if not P.is_soon_notice(msg, quantum):
+                return False
+            if early:
+                try:
+                    schedule.append(Release(*P.notice_release(msg)))
+                except ProtocolError as exc:
+                    raise PoolError(f"pool server {self.endpoint}: bad notice: {exc}") from None
+                return True
+            return not soon
         while True:
             slice_end = min(deadline, time.monotonic() + self.heartbeat_s)
             got = recv(req, slice_end, f"exchange of quantum {quantum}", others=seen,
                        spin_s=self.spin_s if soon else 0.0)
             if got is not None:
-                result = got[0]
-                break
+                return delta_from_wire(got[0])
+            if schedule:
+                return schedule[0]
             if any(m.get("ok") for m in alive):
                 deadline = time.monotonic() + self.timeout_s   # the server answers: keep waiting
                 hb_out = False
@@ -772,7 +810,6 @@ class PoolClient:
             if not hb_out and time.monotonic() >= slice_end:   # a long wait: say we are alive
                 self._send("heartbeat", {})
                 hb_out = True
-        return delta_from_wire(result)
 
 
 def delta_from_wire(d: dict) -> PoolDelta:

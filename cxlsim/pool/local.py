@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import CoreError, PoolError
 from ..index import BlockIndex, TierSpec
-from .api import OP_FREE, OP_KINDS, OP_PUT, OP_TOUCH, DeltaMerger, PoolDelta, PoolOp
+from .api import OP_FREE, OP_KINDS, OP_PUT, OP_TOUCH, DeltaMerger, PoolDelta, PoolOp, Release
 
 MAX_HOSTS = 64
 MAX_BLOCK_BYTES = (1 << 32) - 1       # the C index keeps block sizes in 32 bits
@@ -612,9 +612,8 @@ class LocalPool:
             if self._runs(self._next[host], delta.run_until_ns):
                 if owed is not None:     # parked through earlier barriers: all of them at once
                     owed.add(delta)
-                others = min((t for h, t in self._next.items() if h != host), default=math.inf)
                 released[host] = (delta if owed is None else owed.result())._replace(
-                    horizon_ns=others)
+                    horizon_ns=_horizon(self._next, host))
             else:                        # parked: owed this delta too (settle)
                 held[host] = owed if owed is not None else DeltaMerger()
         if held:
@@ -630,20 +629,22 @@ class LocalPool:
                 owed.add(delta)
         self._unfolded.clear()
 
-    def due(self, host: int, quantum: int, next_ns: float | None) -> list[int]:
-        """The hosts the barrier would release if `host` handed in `quantum` now with next_ns:
-        empty while other hosts still have to hand in, or if exchange would refuse this hand-in.
-        Changes nothing; the server uses it to tell a waiting host its release is coming before
-        it applies the barrier's ops."""
+    def due(self, host: int, quantum: int, next_ns: float | None) -> dict[int, Release]:
+        """The hosts the barrier would release if `host` handed in `quantum` now with next_ns,
+        each with its schedule (the Release its delta will carry): empty while other hosts still
+        have to hand in, or if exchange would refuse this hand-in. Changes nothing; the server
+        uses it to tell a waiting host its release and schedule before it applies the barrier's
+        ops, so that host can run while they are applied (protocol.md, Quantum barrier)."""
         if (host not in self._hosts or quantum != self.quantum or host in self._pending
                 or host in self._held):
-            return []
+            return {}
         waiting = {*self._pending, *self._held, host}
         if any(h not in waiting for h in self._hosts):
-            return []
+            return {}
         nexts = {**self._next, host: math.inf if next_ns is None else float(next_ns)}
         _, run_until = self._schedule(min(nexts.values()))
-        return sorted(h for h in waiting if self._runs(nexts[h], run_until))
+        return {h: Release(self.quantum, run_until, _horizon(nexts, h))
+                for h in sorted(waiting) if self._runs(nexts[h], run_until)}
 
     @property
     def waiting(self) -> list[int]:
@@ -664,3 +665,8 @@ class LocalPool:
         if not self._data.keys() <= self._blocks.keys():
             raise PoolError(f"bytes kept for {len(self._data.keys() - self._blocks.keys())} "
                             f"blocks that left the pool")
+
+
+def _horizon(nexts: dict[int, float], host: int) -> float:
+    """The earliest next event of any host but `host` (PoolDelta.horizon_ns)."""
+    return min((t for h, t in nexts.items() if h != host), default=math.inf)

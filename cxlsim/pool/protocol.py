@@ -23,7 +23,7 @@ import msgpack
 
 from ..errors import ProtocolError
 
-VERSION = 5
+VERSION = 6
 MAX_HEADER_BYTES = 16 << 20         # a header larger than this is refused before decoding
 DEFAULT_MAX_FRAME_BYTES = 64 << 20  # data frames (one block each); the server may lower it
 MAX_BATCH = 1 << 16                 # keys per batched request
@@ -291,15 +291,29 @@ def encode_reply(req_id, result=None) -> bytes:
     return pack({"v": VERSION, "id": req_id, "ok": True, "result": result})
 
 
-def encode_soon_notice(quantum: int) -> bytes:
-    """Unsolicited (id null): the release of this parked host from barrier `quantum` is coming;
-    a host may stop sleeping for it. A hint only: it changes nothing and needs no answer."""
-    return pack({"v": VERSION, "id": None, "ok": True, "result": {"soon": quantum}})
+def encode_soon_notice(quantum: int, release) -> bytes:
+    """Unsolicited (id null): this parked host's wait in barrier `quantum` ends with `release`
+    (an api.Release: the schedule of its coming delta). It may run its next quantum at once and
+    read the delta's pool changes when they arrive. Needs no answer."""
+    ends = [None if math.isinf(x) else x for x in (release.run_until_ns, release.horizon_ns)]
+    return pack({"v": VERSION, "id": None, "ok": True,
+                 "result": {"soon": quantum, "release": [release.quantum, *ends]}})
 
 
 def is_soon_notice(msg: dict, quantum: int) -> bool:
     result = msg.get("result")
     return msg.get("id") is None and type(result) is dict and result.get("soon") == quantum
+
+
+def notice_release(msg: dict) -> tuple[int, float, float]:
+    """(quantum, run_until_ns, horizon_ns) of a soon notice (is_soon_notice), checked."""
+    rel = msg["result"].get("release")
+    if not (type(rel) is list and len(rel) == 3 and type(rel[0]) is int and rel[0] >= 0
+            and all(x is None or (type(x) is float and x >= 0 and not math.isnan(x))
+                    for x in rel[1:])):
+        raise ProtocolError(f"a soon notice's release must be [barrier, run_until_ns | null, "
+                            f"horizon_ns | null], got {str(rel)[:80]}")
+    return rel[0], *(math.inf if x is None else x for x in rel[1:])
 
 
 def encode_error(req_id, code: str, message: str) -> bytes:

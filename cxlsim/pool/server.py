@@ -743,12 +743,15 @@ class PoolServer:
             return last[1], ()        # a retry whose release was lost on the way: send it again
         t_ns, seq, kind, key, nbytes, shared = args["ops"]
         ops = list(map(PoolOp, t_ns, [host] * len(t_ns), seq, kind, key, nbytes, shared))
-        for parked in self.pool.due(host, quantum, args.get("next_ns")):
-            if parked != host and parked in self._waiting:   # wake it while the ops are applied
+        # the hosts this hand-in releases learn their schedule first, so they can run their
+        # quanta while the ops are applied, and read the pool's changes when they arrive
+        for parked, release in self.pool.due(host, quantum, args.get("next_ns")).items():
+            if parked != host and parked in self._waiting:
                 _, its_quantum, route = self._waiting[parked]
                 if type(route) is _MailReply:   # notices go beside the mailbox, on the stream
                     route = route.conn.stream
-                self._send(self._by_host[parked], P.encode_soon_notice(its_quantum), (), route)
+                self._send(self._by_host[parked], P.encode_soon_notice(its_quantum, release), (),
+                           route)
         releases = self.pool.exchange(host, quantum, ops, args.get("next_ns"))
         self._waiting[host] = (req_id, quantum, self._via)
         self._release(releases)

@@ -7,10 +7,15 @@ reuses a pool block. At the barrier the ops go to the pool (in-process or a serv
 the same delta back and updates its mirror. A block the host put becomes visible, to it and to
 everyone else, at the next barrier, so no host's view depends on another host's progress inside a
 quantum.
+
+A host process may get its release before the delta's pool changes (PoolClient.exchange_lazy: a
+LazyDelta). Nothing but `in` reads the mirror, so the side applies such a delta at the first `in`,
+or before the next hand-in, and results stay those of a delta applied at once; meanwhile the host
+runs its quantum while the server applies the barrier's ops.
 """
 from __future__ import annotations
 
-from ..pool.api import OP_PUT, OP_TOUCH, PoolDelta, PoolOp
+from ..pool.api import OP_PUT, OP_TOUCH, LazyDelta, PoolDelta, PoolOp
 
 
 class PoolSide:
@@ -25,8 +30,11 @@ class PoolSide:
         self._seq = 0
         self.puts = self.touches = 0
         self.rejected = 0
+        self._lazy: LazyDelta | None = None      # a delta whose pool changes are not in yet
 
     def __contains__(self, key: int) -> bool:
+        if self._lazy is not None:
+            self.settle()
         return key in self.mirror
 
     def _op(self, kind: str, key: int, nbytes: int, t_ns: float) -> None:
@@ -42,10 +50,21 @@ class PoolSide:
         self.touches += 1
 
     def take_ops(self) -> list[PoolOp]:
+        if self._lazy is not None:       # the last delta first: the pool sends it before the next
+            self.settle()
         ops, self.ops = self.ops, []
         return ops
 
-    def apply(self, delta: PoolDelta) -> None:
+    def apply(self, delta: PoolDelta | LazyDelta) -> None:
+        if isinstance(delta, LazyDelta):
+            self._lazy = delta
+            return
         self.mirror.difference_update(delta.removed)
         self.mirror.update(delta.added)
         self.rejected += sum(1 for host, _, _ in delta.rejected if host == self.host)
+
+    def settle(self) -> None:
+        """Apply a LazyDelta given to apply(), once its pool changes are in (waits for them)."""
+        lazy, self._lazy = self._lazy, None
+        if lazy is not None:
+            self.apply(lazy.result())
