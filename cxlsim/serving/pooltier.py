@@ -50,7 +50,7 @@ class PoolSide:
         self.touches += 1
 
     def take_ops(self) -> list[PoolOp]:
-        if self._lazy is not None:       # the last delta first: the pool sends it before the next
+        if self._lazy is not None:       # the last barrier's changes go in before the next
             self.settle()
         ops, self.ops = self.ops, []
         return ops
