@@ -72,26 +72,31 @@ class ReplayConfig:
     def with_overrides(self, **kw) -> "ReplayConfig":
         return dataclasses.replace(self, **{k: v for k, v in kw.items() if v is not None})
 
-    def job_tag(self) -> str:
+    def job_tag(self, trace: dict) -> str:
         """What the host processes of one multi-host replay must share, hashed: every setting
-        that shapes the results (not the trace's path or the label), the model, accelerator and
-        topology as loaded (a path names a file whose contents may differ between machines),
-        and the trace's bytes. The pool server refuses a host whose tag differs from the others'
-        (PoolClient.attach)."""
+        that shapes the results, the model, accelerator and topology as loaded (a path names a
+        file whose contents may differ between machines), and `trace` as read (read_trace). The
+        trace's path, the label, and the settings that only shape how the trace is read (which
+        its arrays then show) are left out, so hosts that read the same requests agree however
+        they name or read them. The pool server refuses a host whose tag differs from the
+        others' (PoolClient.attach)."""
         digest = hashlib.sha256()
-        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("trace", "label")}
+        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_IN_TAG}
         # (its path, and a name that may come from the file's name, are not results)
         topology = dataclasses.replace(load_topology(self.topology), origin="", name="")
         settings.update(model=repr(load_model(self.model)), accel=repr(load_accelerator(self.accel)),
                         topology=repr(topology))
         digest.update(json.dumps(settings, sort_keys=True).encode())
-        try:
-            with open(self.trace, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
-        except OSError as exc:
-            raise ConfigError(f"{self.trace}: cannot read the trace ({exc.strerror})") from None
+        for name in sorted(trace):
+            column = np.ascontiguousarray(trace[name])
+            digest.update(f"{name} {column.dtype.str} {column.shape}".encode())
+            digest.update(column.tobytes())
         return "replay-" + digest.hexdigest()[:32]
+
+
+# left out of the job tag: paths and names, and what only shapes the trace's arrays (hashed)
+_NOT_IN_TAG = ("trace", "label", "format", "block_tokens", "prefix_model", "max_requests",
+               "time_scale")
 
 
 _TYPES = {f.name: f.type for f in fields(ReplayConfig)}

@@ -203,21 +203,31 @@ def test_a_trace_that_is_a_directory_is_named(tmp_path):
 
 
 def test_the_job_tag_covers_what_shapes_results_and_not_paths(tmp_path):
-    """Host processes on several machines name their files by different paths: the tag hashes
-    the trace's bytes and the topology as loaded, so equal contents agree and unequal differ."""
+    """Host processes on several machines name their files by different paths, and may read a
+    trace differently to the same effect: the tag hashes the trace as read and the topology as
+    loaded, so equal contents agree and unequal differ."""
     import dataclasses
     import shutil
-    from cxlsim.replay import ReplayConfig
+    from cxlsim.replay import ReplayConfig, read_trace
+
+    def tag(cfg):
+        return cfg.job_tag(read_trace(cfg))
     base = ReplayConfig(trace=str(TRACE), hosts=4, topology="kv-pool-4host")
+    want = tag(base)
     shutil.copy(TRACE, tmp_path / "copy.jsonl")
-    assert dataclasses.replace(base, trace=str(tmp_path / "copy.jsonl"),
-                               label="mine").job_tag() == base.job_tag()
-    (tmp_path / "longer.jsonl").write_text(TRACE.read_text() + "\n")
-    assert dataclasses.replace(base, trace=str(tmp_path / "longer.jsonl")).job_tag() != \
-        base.job_tag()
-    assert base.with_overrides(assign="session").job_tag() != base.job_tag()
+    assert tag(dataclasses.replace(base, trace=str(tmp_path / "copy.jsonl"), label="mine")) == want
+    # the same requests, read another way: an explicit format, a trailing blank line
+    (tmp_path / "blank.jsonl").write_text(TRACE.read_text() + "\n")
+    assert tag(dataclasses.replace(base, trace=str(tmp_path / "blank.jsonl"),
+                                   format="mooncake")) == want
+    lines = TRACE.read_text().splitlines(keepends=True)
+    (tmp_path / "shorter.jsonl").write_text("".join(lines[:-1]))
+    assert tag(dataclasses.replace(base, trace=str(tmp_path / "shorter.jsonl"))) != want
+    assert tag(base.with_overrides(max_requests=len(lines) - 1)) != want
+    assert tag(base.with_overrides(time_scale=2.0)) != want
+    assert tag(base.with_overrides(assign="session")) != want
     text = (ROOT / "cxlsim" / "presets" / "topologies" / "kv-pool-4host.toml").read_text()
     (tmp_path / "same.toml").write_text(text)
-    assert base.with_overrides(topology=str(tmp_path / "same.toml")).job_tag() == base.job_tag()
+    assert tag(base.with_overrides(topology=str(tmp_path / "same.toml"))) == want
     (tmp_path / "slower.toml").write_text(text.replace("bandwidth_gbps = ", "bandwidth_gbps = 1", 1))
-    assert base.with_overrides(topology=str(tmp_path / "slower.toml")).job_tag() != base.job_tag()
+    assert tag(base.with_overrides(topology=str(tmp_path / "slower.toml"))) != want

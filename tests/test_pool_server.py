@@ -321,6 +321,24 @@ def test_curve_client_without_key_is_not_served(tmp_path):
     assert oct(os.stat(tmp_path / "pool.secret").st_mode & 0o777) == "0o600"
 
 
+def test_a_secret_key_that_is_not_the_pairs_secret_is_named(tmp_path):
+    """The server's key is checked against the public key keygen wrote beside it: a public key
+    (or another pair's secret) would start a server no host can reach, saying nothing."""
+    for d in ("a", "b"):
+        subprocess.run([sys.executable, "-m", "cxlsim", "pool", "keygen", str(tmp_path / d)],
+                       check=True, capture_output=True, timeout=30)
+    (tmp_path / "a" / "other.secret").write_bytes((tmp_path / "b" / "pool.secret").read_bytes())
+    (tmp_path / "bad.secret").write_text("~" * 40 + "\n")
+    for key, says in ((tmp_path / "a" / "pool.public", "holds the public key of"),
+                      (tmp_path / "a" / "other.secret", "is not the secret key of"),
+                      (tmp_path / "bad.secret", "not a CURVE key (characters outside z85)")):
+        out = subprocess.run([sys.executable, "-m", "cxlsim", "pool", "serve", "--bind",
+                              "tcp://127.0.0.1:*", "--curve-secret-key", str(key)],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, \
+            out.stderr
+
+
 def test_local_stream_carries_requests_and_large_blocks(clients):
     fast, plain = clients(20, use_shm=False), clients(21, use_shm=False, use_stream=False)
     fast.attach(20, 8 * MIB)

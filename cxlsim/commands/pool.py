@@ -54,7 +54,27 @@ def read_key(path: str) -> bytes:
         raise ConfigError(f"{path}: cannot read key file ({exc.strerror})") from None
     if len(key) != 40:
         raise ConfigError(f"{path}: a CURVE key is 40 z85 characters, got {len(key)}")
+    from zmq.utils import z85
+    try:
+        z85.decode(key)
+    except (KeyError, ValueError):
+        raise ConfigError(f"{path}: not a CURVE key (characters outside z85)") from None
     return key
+
+
+def read_secret_key(path: str) -> bytes:
+    """read_key for the server's secret key. `keygen` writes pool.public beside it: if that file
+    is there, the secret must be its pair (a public key given by mistake would make a server no
+    host can reach, with nothing said)."""
+    import zmq
+    secret = read_key(path)
+    public_path = os.path.join(os.path.dirname(path), "pool.public")
+    if os.path.exists(public_path) and zmq.curve_public(secret) != read_key(public_path):
+        what = f"holds the public key of {public_path}" if secret == read_key(public_path) \
+            else f"is not the secret key of {public_path}"
+        raise ConfigError(f"{path} {what}: give the server the pool.secret that "
+                          f"`cxlsim pool keygen` wrote beside it")
+    return secret
 
 
 def _keygen(directory: str, force: bool = False) -> int:
@@ -110,7 +130,7 @@ def _serve(args) -> int:
         fabric = Fabric(load_topology(args.topology))
     if args.max_frame_bytes < 1024:
         raise ConfigError(f"--max-frame-bytes must be >= 1024, got {args.max_frame_bytes}")
-    secret = read_key(args.curve_secret_key) if args.curve_secret_key else None
+    secret = read_secret_key(args.curve_secret_key) if args.curve_secret_key else None
     pool = LocalPool(capacity, quantum_ns=args.quantum_ns, fabric=fabric, memory=args.memory,
                      extent_bytes=int(args.extent_mib * (1 << 20)))
 

@@ -8,7 +8,7 @@ import sys
 from ..errors import ConfigError
 from ..hardware import known_accelerators, known_models
 from ..policies import known_policies
-from ..replay import ReplayConfig, load_config, run_replay, validate, write_outputs
+from ..replay import ReplayConfig, load_config, read_trace, run_replay, validate, write_outputs
 
 #: CLI flag -> ReplayConfig field, for flags that override a config file
 OVERRIDES = ("model", "accel", "topology", "policy", "tp", "dram_gib", "cxl_gib", "hosts",
@@ -119,13 +119,15 @@ def _run_remote_host(cfg, args):
     if args.pool_spin_us is not None:
         from ..pool.stream import spin_budget_s
         spin_budget_s(args.pool_spin_us, "--pool-spin-us")   # the flag's name in the error
+    validate(cfg)
+    trace = read_trace(cfg)                 # read once: the job tag hashes it, the replay runs it
     client = PoolClient(args.pool, args.host_id, timeout_s=args.pool_timeout_s,
                         server_public_key=key, **spin)
     try:
-        client.attach(args.host_id, 0, tag=cfg.job_tag())   # hosts must share trace & settings
+        client.attach(args.host_id, 0, tag=cfg.job_tag(trace))   # hosts must share trace & settings
         try:
             result = run_replay(cfg, progress=not args.no_progress, pool_client=client,
-                                host_id=args.host_id,
+                                host_id=args.host_id, trace=trace,
                                 wait_for_hosts=lambda: _wait_for_hosts(client, cfg.hosts,
                                                                        args.pool_timeout_s))
         except PoolError:
