@@ -14,7 +14,7 @@ import zmq
 
 from cxlsim.errors import PoolError
 from cxlsim.pool import protocol as P
-from cxlsim.pool.api import LazyDelta, PoolOp
+from cxlsim.pool.api import LazyDelta, PoolDelta, PoolOp
 from cxlsim.pool.client import PoolClient
 from cxlsim.pool.local import LocalPool
 from cxlsim.pool.server import PoolServer, _Conn
@@ -236,34 +236,82 @@ def test_a_parked_host_hears_its_release_is_coming(server):
         b.close(0)
 
 
-def test_a_parked_host_runs_on_its_release_before_the_delta_comes():
-    """exchange_lazy of a parked host returns on the `soon` notice: a LazyDelta with the
-    release's schedule, whose pool changes come after. The client's next request receives them
-    first, and result() is then the delta exchange gave the host that completed the barrier."""
+def _park_then_release(ep, **client_kw):
+    """Hosts 0 and 1 on server `ep`: host 0 hands in barrier 0 with its next event at 5 ms
+    (in a thread, through exchange_lazy) and stays parked while host 1 runs barrier 0 alone;
+    host 1's hand-in of barrier 1, with a put, releases both. (host 0's client, its
+    exchange_lazy result, host 1's delta)"""
     from concurrent.futures import ThreadPoolExecutor
     put = [PoolOp(500.0, 1, 0, "put", 42, 4096, True)]
-    with pool_server(capacity_bytes=MIB) as (ep, proc, log), ThreadPoolExecutor(1) as ex:
-        # one stream each (no mailbox): the notice and the reply arrive in the order sent
-        a, b = (PoolClient(ep, h, timeout_s=5.0, use_shm=False) for h in (0, 1))
-        try:
-            a.attach(0, 0)
-            b.attach(1, 0)
-            parked = ex.submit(a.exchange_lazy, 0, 0, [], 5e6)   # host 0's next event: 5 ms
+    a, b = (PoolClient(ep, h, timeout_s=5.0, **client_kw) for h in (0, 1))
+    try:
+        a.attach(0, 0)
+        b.attach(1, 0)
+        with ThreadPoolExecutor(1) as ex:
+            parked = ex.submit(a.exchange_lazy, 0, 0, [], 5e6)
             time.sleep(0.2)                                      # (its hand-in is in)
             alone = b.exchange(1, 0, [], 1e3)
             assert alone.run_until_ns == 1e6 and not parked.done()   # host 1 runs alone
-            full = b.exchange(1, 1, put, 5.5e6)                  # releases host 0 too
-            lazy = parked.result(timeout=5)
-            assert isinstance(lazy, LazyDelta)
+            full = b.exchange(1, 1, put, 5.5e6)
+            got = parked.result(timeout=5)
+    finally:
+        b.close()
+    return a, got, full
+
+
+def test_a_parked_host_runs_on_its_release_before_the_delta_comes():
+    """exchange_lazy of a parked host returns on the `soon` notice: a LazyDelta with the
+    release's schedule, whose pool changes come after. The client's next request receives them
+    first, and result() is then the delta the host that completed the barrier got."""
+    with pool_server(capacity_bytes=MIB) as (ep, proc, log):
+        # one stream (no mailbox): the notice and the reply arrive in the order sent
+        a, lazy, full = _park_then_release(ep, use_shm=False, keepalive=False)
+        try:
+            assert isinstance(lazy, LazyDelta) and not lazy.arrived
             assert (lazy.quantum, lazy.run_until_ns, lazy.horizon_ns) == (1, 6e6, 5.5e6)
             assert (full.quantum, full.run_until_ns, full.horizon_ns) == (1, 6e6, 5e6)
-            assert a.stats()["quantum"] == 2         # a request: the delta is received first
-            got = lazy.result()
-            assert got.added == full.added == (42,)
-            assert got._replace(horizon_ns=0) == full._replace(horizon_ns=0)
+            assert a.stats()["quantum"] == 2
+            assert lazy.arrived                      # received before the stats request went
+            assert lazy.result().added == full.added == (42,)
+            assert lazy.result()._replace(horizon_ns=0) == full._replace(horizon_ns=0)
         finally:
-            for c in (a, b):
-                c.close()
+            a.close()
+
+
+def test_a_lazy_release_through_the_mailbox_and_the_keep_alive_thread():
+    """Through the mailbox (the release's reply there, the notice on the stream beside it),
+    with the keep-alive thread the one to receive the delta while the host computes; the
+    result is the delta either way. (Here the reply may win the race with the notice, and
+    exchange_lazy then returns the whole delta at once.)"""
+    with pool_server(capacity_bytes=MIB, heartbeat_s=0.3) as (ep, proc, log):
+        a, got, full = _park_then_release(ep, shm_bytes=1 << 20)
+        try:
+            assert a.transport == "mailbox"
+            time.sleep(0.5)                          # a heartbeat is due: the delta first
+            assert isinstance(got, PoolDelta) or got.arrived
+            delta = got if isinstance(got, PoolDelta) else got.result()
+            assert delta._replace(horizon_ns=0) == full._replace(horizon_ns=0)
+            assert delta.horizon_ns == 5.5e6 and a.stats()["quantum"] == 2
+        finally:
+            a.close()
+
+
+def test_an_error_receiving_a_lazy_delta_reaches_result_whoever_received_it(monkeypatch):
+    """A failure while receiving the delta (here: every delta contradicts its notice), also in
+    the keep-alive thread, which receives it when a heartbeat falls due, is what result()
+    raises, not a delta said never to have come."""
+    def contradicts(self, delta):
+        raise PoolError("the pool released this host with one schedule and then sent another")
+    monkeypatch.setattr(LazyDelta, "deliver", contradicts)
+    with pool_server(capacity_bytes=MIB, heartbeat_s=0.3) as (ep, proc, log):
+        a, lazy, full = _park_then_release(ep, use_shm=False)
+        try:
+            assert isinstance(lazy, LazyDelta)
+            time.sleep(0.5)                          # the keep-alive thread receives the delta
+            with pytest.raises(PoolError, match="released this host with one schedule"):
+                lazy.result()
+        finally:
+            a.close()
 
 
 def test_server_restart_gives_a_clear_error(tmp_path):
@@ -329,9 +377,11 @@ def test_a_secret_key_that_is_not_the_pairs_secret_is_named(tmp_path):
                        check=True, capture_output=True, timeout=30)
     (tmp_path / "a" / "other.secret").write_bytes((tmp_path / "b" / "pool.secret").read_bytes())
     (tmp_path / "bad.secret").write_text("~" * 40 + "\n")
+    (tmp_path / "over.secret").write_text("#" * 40 + "\n")      # z85 characters, too large
     for key, says in ((tmp_path / "a" / "pool.public", "holds the public key of"),
                       (tmp_path / "a" / "other.secret", "is not the secret key of"),
-                      (tmp_path / "bad.secret", "not a CURVE key (characters outside z85)")):
+                      (tmp_path / "bad.secret", "not a CURVE key (not z85"),
+                      (tmp_path / "over.secret", "not a CURVE key")):
         out = subprocess.run([sys.executable, "-m", "cxlsim", "pool", "serve", "--bind",
                               "tcp://127.0.0.1:*", "--curve-secret-key", str(key)],
                              capture_output=True, text=True, timeout=60)

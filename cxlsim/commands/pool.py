@@ -54,11 +54,13 @@ def read_key(path: str) -> bytes:
         raise ConfigError(f"{path}: cannot read key file ({exc.strerror})") from None
     if len(key) != 40:
         raise ConfigError(f"{path}: a CURVE key is 40 z85 characters, got {len(key)}")
+    import struct
+
     from zmq.utils import z85
     try:
         z85.decode(key)
-    except (KeyError, ValueError):
-        raise ConfigError(f"{path}: not a CURVE key (characters outside z85)") from None
+    except (KeyError, ValueError, struct.error):     # a character, or a value, out of range
+        raise ConfigError(f"{path}: not a CURVE key (not z85, or a value out of range)") from None
     return key
 
 

@@ -97,8 +97,14 @@ class LazyDelta:
 
     def __init__(self, release: Release, fetch):
         self.quantum, self.run_until_ns, self.horizon_ns = self.release = release
-        self._fetch = fetch            # receives the delta and hands it to deliver()
+        self._fetch = fetch            # receives the delta and hands it to deliver() or fail()
         self._delta: PoolDelta | None = None
+        self._error: Exception | None = None
+
+    @property
+    def arrived(self) -> bool:
+        """Whether the delta is in (result() will not wait)."""
+        return self._delta is not None
 
     def deliver(self, delta: PoolDelta) -> None:
         promised = Release(delta.quantum, delta.run_until_ns, delta.horizon_ns)
@@ -107,12 +113,18 @@ class LazyDelta:
                             f"delta for {promised}")
         self._delta = delta
 
+    def fail(self, error: Exception) -> None:
+        """Receiving the delta failed (perhaps in another thread): result() raises `error`."""
+        self._error = error
+
     def result(self) -> PoolDelta:
-        if self._delta is None:
+        if self._delta is None and self._error is None:
             self._fetch()
-            if self._delta is None:
-                raise PoolError(f"the delta of barrier {self.quantum} never came: its client "
-                                f"was closed or lost the server first")
+        if self._error is not None:
+            raise self._error
+        if self._delta is None:
+            raise PoolError(f"the delta of barrier {self.quantum} never came: its client was "
+                            f"closed first")
         return self._delta
 
 

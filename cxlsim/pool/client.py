@@ -769,7 +769,11 @@ class PoolClient:
             owed, self._owed = self._owed, None
             if owed is not None:
                 lazy, req, mailed, quantum = owed
-                lazy.deliver(self._await_release(req, mailed, quantum, True, early=False))
+                try:
+                    lazy.deliver(self._await_release(req, mailed, quantum, True, early=False))
+                except PoolError as exc:    # the keep-alive thread may be the one receiving
+                    lazy.fail(exc)
+                    raise
 
     def _await_release(self, req: int, mailed: bool, quantum: int, soon: bool, early: bool):
         """Wait for the release of exchange `req`, heartbeating while parked: its PoolDelta, or

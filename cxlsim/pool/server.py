@@ -741,8 +741,6 @@ class PoolServer:
         last = self._released.get(host)
         if last is not None and last[0] == quantum and host not in self._waiting:
             return last[1], ()        # a retry whose release was lost on the way: send it again
-        t_ns, seq, kind, key, nbytes, shared = args["ops"]
-        ops = list(map(PoolOp, t_ns, [host] * len(t_ns), seq, kind, key, nbytes, shared))
         # the hosts this hand-in releases learn their schedule first, so they can run their
         # quanta while the ops are applied, and read the pool's changes when they arrive
         for parked, release in self.pool.due(host, quantum, args.get("next_ns")).items():
@@ -752,6 +750,8 @@ class PoolServer:
                     route = route.conn.stream
                 self._send(self._by_host[parked], P.encode_soon_notice(its_quantum, release), (),
                            route)
+        t_ns, seq, kind, key, nbytes, shared = args["ops"]
+        ops = list(map(PoolOp, t_ns, [host] * len(t_ns), seq, kind, key, nbytes, shared))
         releases = self.pool.exchange(host, quantum, ops, args.get("next_ns"))
         self._waiting[host] = (req_id, quantum, self._via)
         self._release(releases)

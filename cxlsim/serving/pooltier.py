@@ -56,6 +56,8 @@ class PoolSide:
         return ops
 
     def apply(self, delta: PoolDelta | LazyDelta) -> None:
+        if self._lazy is not None:       # deltas go in in order
+            self.settle()
         if isinstance(delta, LazyDelta):
             self._lazy = delta
             return
