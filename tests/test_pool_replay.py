@@ -41,23 +41,33 @@ def rows(path: Path) -> list[dict]:
         return [{k: v for k, v in r.items() if k not in WALL_FIELDS} for r in csv.DictReader(f)]
 
 
-def test_four_host_processes_equal_in_process_replay(tmp_path):
+@pytest.mark.parametrize("extra, nonzero", [
+    ([], "puts"),
+    (["--cxl-gib", "4", "--assign", "session"], "touches"),       # hosts reuse others' blocks
+    (["--cxl-gib", "0.02", "--assign", "prefix", "--policy", "lru"], "rejected_ops"),  # full
+], ids=["default", "pool-hits", "pool-full-prefix-lru"])
+def test_four_host_processes_equal_in_process_replay(tmp_path, extra, nonzero):
     why = replay_missing()
     if why:
         pytest.skip(f"multi-host replay engine not ready: {why}")
-    solo = cxlsim("replay", TRACE, *COMMON, "--out", tmp_path / "inproc", "--json")
+    args = [*COMMON, *extra]
+    gib = float(args[len(args) - 1 - args[::-1].index("--cxl-gib") + 1])
+    solo = cxlsim("replay", TRACE, *args, "--out", tmp_path / "inproc", "--json")
     assert solo.returncode == 0, solo.stderr
     with pool_server("--topology", "kv-pool-4host", "--memory", "pool",
-                     capacity_bytes=1 << 30, extent_mib=1, heartbeat_s=30) as (ep, proc, log):
-        procs = [subprocess.Popen([sys.executable, "-m", "cxlsim", "replay", str(TRACE), *COMMON,
+                     capacity_bytes=int(gib * (1 << 30)), extent_mib=1,
+                     heartbeat_s=30) as (ep, proc, log):
+        procs = [subprocess.Popen([sys.executable, "-m", "cxlsim", "replay", str(TRACE), *args,
                                    "--pool", ep, "--host-id", str(h), "--out",
                                    str(tmp_path / f"host{h}"), "--json"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   cwd=ROOT) for h in range(HOSTS)]
+        hosts = []
         try:
             for h, p in enumerate(procs):
                 out, err = p.communicate(timeout=120)
                 assert p.returncode == 0, f"host {h}: {err}"
+                hosts.append(json.loads(out))
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -69,6 +79,10 @@ def test_four_host_processes_equal_in_process_replay(tmp_path):
     assert got == want
     summary = json.loads(solo.stdout)
     assert summary["requests"]["completed"] == len(want)
+    # the pool's counters, summed over the host processes (a host counts its own ops)
+    for counter in ("puts", "touches", "rejected_ops"):
+        assert sum(s["pool"][counter] for s in hosts) == summary["pool"][counter], counter
+    assert summary["pool"][nonzero] > 0          # what this case is for does happen
 
 
 def test_sigkill_of_one_replay_host_loses_no_capacity_and_others_finish(tmp_path):
