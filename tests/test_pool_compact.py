@@ -59,7 +59,8 @@ def test_compact_replies_decode_to_what_msgpack_says():
                                "get")
     with pytest.raises(ProtocolError, match="command code 9"):
         P.decode_compact_reply(HEAD.pack(0xC1, P.VERSION, 9, 0, 0, 5), "put")
-    with pytest.raises(ProtocolError, match=f"not a version-{P.VERSION} reply to put"):   # a lookup's reply
+    # a lookup's reply
+    with pytest.raises(ProtocolError, match=f"not a version-{P.VERSION} reply to put"):
         P.decode_compact_reply(P.encode_compact_reply("lookup", 5, 3), "put")
 
 

@@ -25,8 +25,10 @@ Two ways to use a pool:
   - `LocalPool.exchange(host, k, ops, next_ns)` is the server's per-host barrier: it returns
     {host: delta} for the hosts to release now. A host with no event before the next barrier's
     end stays parked (it counts as handing in nothing) and later gets one merged delta for every
-    barrier it missed. `PoolClient.exchange` blocks until its host is released. A host that
-    detaches (or dies: heartbeat timeout) leaves the barrier and the others proceed.
+    barrier it missed. `PoolClient.exchange` blocks until its host is released;
+    `PoolClient.exchange_lazy` returns once the release is scheduled, with a `LazyDelta` whose
+    pool changes come while the host runs. A host that detaches (or dies: heartbeat timeout)
+    leaves the barrier and the others proceed.
   Barriers are numbered 0, 1, 2, ... with no gaps. A host attaching later joins at the pool's
   current barrier (`stats()["quantum"]`). An op that cannot be applied (quota, pool full of pinned
   blocks, block gone) is not an error: it comes back in `PoolDelta.rejected` as (host, seq, reason).
