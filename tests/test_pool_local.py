@@ -336,6 +336,12 @@ def test_due_names_the_hosts_a_hand_in_releases(rounds):
             else:
                 assert predicted == {r: Release(d.quantum, d.run_until_ns, d.horizon_ns)
                                      for r, d in released.items()}
+                for r, d in released.items():     # the host holding the horizon is named
+                    others = {o: t for o, t in p._next.items() if o != r and t < math.inf}
+                    if others:
+                        assert others[d.horizon_host] == d.horizon_ns == min(others.values())
+                    else:
+                        assert (d.horizon_host, d.horizon_ns) == (-1, math.inf)
         q += 1
         running = sorted(released)
         if any(math.isinf(d.run_until_ns) for d in released.values()):

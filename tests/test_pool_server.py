@@ -3,6 +3,7 @@ malformed frames, CURVE, non-loopback refusal, server restart, early wake-up of 
 and when the server polls instead of sleeping."""
 import io
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -273,7 +274,7 @@ def test_a_parked_host_runs_on_its_release_before_the_delta_comes():
             assert a.stats()["quantum"] == 2
             assert lazy.arrived                      # received before the stats request went
             assert lazy.result().added == full.added == (42,)
-            assert lazy.result()._replace(horizon_ns=0) == full._replace(horizon_ns=0)
+            assert lazy.result()._replace(horizon_ns=0, horizon_host=0) == full._replace(horizon_ns=0, horizon_host=0)
         finally:
             a.close()
 
@@ -290,10 +291,31 @@ def test_a_lazy_release_through_the_mailbox_and_the_keep_alive_thread():
             time.sleep(0.5)                          # a heartbeat is due: the delta first
             assert isinstance(got, PoolDelta) or got.arrived
             delta = got if isinstance(got, PoolDelta) else got.result()
-            assert delta._replace(horizon_ns=0) == full._replace(horizon_ns=0)
+            assert delta._replace(horizon_ns=0, horizon_host=0) == full._replace(horizon_ns=0, horizon_host=0)
             assert delta.horizon_ns == 5.5e6 and a.stats()["quantum"] == 2
         finally:
             a.close()
+
+
+def test_the_host_that_hands_in_wakes_the_host_it_releases(tmp_path):
+    """Host 1's hand-in releases parked host 0, the host holding host 1's horizon: host 1
+    rings host 0's wake socket as it hands in, so host 0 polls for its release instead of
+    waking for the notice later. A ring changes nothing else, and a stray one is harmless."""
+    with pool_server(capacity_bytes=MIB) as (ep, proc, log):
+        a, got, full = _park_then_release(ep, use_shm=False, keepalive=False)
+        try:
+            assert a.woken_by_peers == 1
+            wake = os.path.join(os.path.dirname(a.server_info["stream"]), "wake-0")
+            assert os.path.exists(wake)
+            delta = got.result() if isinstance(got, LazyDelta) else got
+            assert delta.added == full.added == (42,) and full.horizon_host == 0
+            stray = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            stray.sendto(b"?", wake)                  # a ring out of turn: only a stale ring
+            stray.close()
+            assert a.stats()["quantum"] == 2
+        finally:
+            a.close()
+        assert not os.path.exists(wake)               # the client removes its socket
 
 
 def test_an_error_receiving_a_lazy_delta_reaches_result_whoever_received_it(monkeypatch):

@@ -82,6 +82,9 @@ class PoolDelta(NamedTuple):
     #: then the host alone has work, so after a quantum in which it handed nothing to the pool
     #: the barrier could change nothing, and a host process may run on without it.
     horizon_ns: float = float("inf")
+    #: the host whose next event is horizon_ns (-1: no other host has one). A host process
+    #: that hands in knows from it which host its hand-in will release next, and wakes it.
+    horizon_host: int = -1
 
 
 class Release(NamedTuple):

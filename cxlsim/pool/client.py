@@ -19,8 +19,9 @@ Requests are serialised by a lock, so a client may also be shared between thread
 """
 from __future__ import annotations
 
-import os
 import math
+import os
+import select
 import socket
 import threading
 import time
@@ -95,6 +96,10 @@ class PoolClient:
         self._seq = 0
         self._horizon_ns = math.inf        # earliest next event of the other hosts, last we heard
         self._owed = None                   # (LazyDelta, request id, mailed, quantum) to receive
+        self._wake = None                   # this host's wake socket, beside a local stream
+        self._horizon_host = -1             # the host holding _horizon_ns, last we heard
+        #: times a parked wait of this host was ended early by another host's ring (wake-up)
+        self.woken_by_peers = 0
         self._lock = threading.RLock()      # one request at a time, the keep-alive thread's too
         self._last_request = time.monotonic()
         self._keepalive = keepalive
@@ -162,9 +167,17 @@ class PoolClient:
             raise PoolError(f"pool server {self.endpoint}: local stream failed while "
                             f"sending {cmd} ({exc}): {STREAM_GONE}") from None
 
-    def _next_message(self, deadline: float, spin_s: float = 0.0):
-        """The next reply's frames (buffers), or None at the deadline."""
+    def _next_message(self, deadline: float, spin_s: float = 0.0, wakeable: bool = False):
+        """The next reply's frames (buffers), or None at the deadline. `wakeable`: sleep where
+        another host's ring can wake this one too, and then poll (a parked host: _await_release)."""
         if self._stream is not None:
+            if wakeable and self._wake is not None and not self._stream_pending:
+                rung = self._sleep_until_message_or_ring(deadline)
+                if rung is None:
+                    return None
+                if rung:                     # poll for the release, then back here soon
+                    spin_s = max(spin_s, self.spin_s)
+                    deadline = min(deadline, time.monotonic() + self.spin_s + WAIT_SLICE_S)
             try:
                 return recv_message(self._stream_reader, deadline, self._stream_pending, spin_s)
             except PoolError as exc:
@@ -174,6 +187,74 @@ class PoolClient:
         if left <= 0 or not self._sock.poll(int(left * 1000) + 1):
             return None
         return [f.buffer for f in self._sock.recv_multipart(copy=False)]
+
+    def _sleep_until_message_or_ring(self, deadline: float) -> bool | None:
+        """Sleep until the stream has a message (False), another host rings this host's wake
+        socket (True), or the deadline (None). A ring means this host's release is due: the
+        host that rang hands in the barrier that releases it, so this host polls for the
+        release from now on instead of waking for it later."""
+        waiter = select.poll()
+        waiter.register(self._stream, select.POLLIN)
+        waiter.register(self._wake, select.POLLIN)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready = dict(waiter.poll(math.ceil(min(left, WAIT_SLICE_S) * 1000)))
+            if ready.get(self._wake.fileno()):
+                self._drain_wake()
+                self.woken_by_peers += 1
+                return True
+            if ready:
+                return False
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake.recv(16):
+                pass
+        except OSError:                     # drained (BlockingIOError), or gone meanwhile
+            pass
+
+    def _open_wake(self, directory: str) -> None:
+        """This host's wake socket: a datagram socket in the server's private directory (only
+        its user reaches it) that a host handing in may ring to wake this one (_ring_next)."""
+        path = os.path.join(directory, f"wake-{self.host_id}")
+        wake = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            if os.path.lexists(path):
+                os.unlink(path)              # left by an earlier client of this host id
+            wake.bind(path)
+            wake.setblocking(False)
+        except OSError:                      # no wake-ups for this host: it wakes as before
+            wake.close()
+            return
+        self._wake, self._wake_dir = wake, directory
+
+    def _close_wake(self) -> None:
+        wake, self._wake = self._wake, None
+        if wake is not None:
+            path = wake.getsockname()
+            wake.close()
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def _ring_next(self, host: int, next_ns: float | None) -> None:
+        """After a hand-in: wake the host holding this host's horizon if the barrier releases
+        it. The barrier runs hosts up to the end of the quantum holding the earliest next
+        event; the horizon host is released if its event comes before then, whatever the
+        parked hosts hold (a wrong guess only wakes it to poll a while). Its wake-up then
+        overlaps the server handling the hand-in instead of following the server's notice."""
+        peer, horizon = self._horizon_host, self._horizon_ns
+        if self._wake is None or peer < 0 or peer == host or not math.isfinite(horizon):
+            return
+        first = horizon if next_ns is None else min(next_ns, horizon)
+        if horizon < (math.floor(first / self.quantum_ns) + 1) * self.quantum_ns:
+            try:
+                self._wake.sendto(b"!", os.path.join(self._wake_dir, f"wake-{peer}"))
+            except OSError:                  # gone, not local, or its socket is full: no matter
+                pass
 
     @property
     def transport(self) -> str:
@@ -220,6 +301,7 @@ class PoolClient:
                 window.close()
             return
         self._stream, self._stream_reader, self._stream_pending = sock, reader, pending
+        self._open_wake(os.path.dirname(path))
         result = reply.get("result")
         if window is not None and type(result) is dict and result.get("window_refused"):
             refused = f"the pool server refused the window: {result['window_refused']}"
@@ -233,6 +315,7 @@ class PoolClient:
 
     def _drop_stream(self) -> None:
         self._mailbox = None                 # no doorbell without the stream
+        self._close_wake()
         if self._stream is not None:
             self._stream.close()
             self._stream = None
@@ -253,12 +336,13 @@ class PoolClient:
         return PoolTimeout(f"pool server {self.endpoint}: no reply to {cmd} within "
                            f"{self.timeout_s:g} s (server down, restarted or unreachable{keys})")
 
-    def _recv(self, want_id: int, deadline: float, cmd: str, others=None, spin_s: float = 0.0):
+    def _recv(self, want_id: int, deadline: float, cmd: str, others=None, spin_s: float = 0.0,
+              wakeable: bool = False):
         """Reply to request want_id, or None at the deadline. Replies to other requests and
         notices go to `others(msg)` when given, else are dropped (stale replies of timed-out
         requests). `others` returning True ends the wait early with None."""
         while True:
-            frames = self._next_message(deadline, spin_s)
+            frames = self._next_message(deadline, spin_s, wakeable)
             if frames is None:
                 return None
             if is_doorbell(frames):           # a late ring from a mailbox reply: nothing to read
@@ -284,7 +368,7 @@ class PoolClient:
         return msg.get("result")
 
     def _recv_mail(self, want_id: int, until: float, cmd: str, others=None,
-                   spin_s: float = 0.0):
+                   spin_s: float = 0.0, wakeable: bool = False):
         """As _recv, for a request sent through the mailbox: poll the mailbox for spin_s, then
         sleep on the stream, where the server rings when it posts the reply and where notices
         and heartbeat replies (to `others`) and replies too large for the mailbox come."""
@@ -296,7 +380,7 @@ class PoolClient:
                     now = time.monotonic()
                     if now >= until:
                         return None
-                    frames = self._next_message(min(until, now + WAIT_SLICE_S))
+                    frames = self._next_message(min(until, now + WAIT_SLICE_S), 0.0, wakeable)
                     if frames is None or is_doorbell(frames):
                         continue
                     msg = self._decode(frames[0], cmd)
@@ -748,10 +832,13 @@ class PoolClient:
         if next_ns is not None and not math.isfinite(next_ns):
             next_ns = None
         with self._lock:          # the keep-alive thread waits: exchange sends its own heartbeats
+            if self._wake is not None:
+                self._drain_wake()       # a ring from before this hand-in is stale
             req = self._send("exchange", {"quantum": int(quantum), "ops": wire,
                                           "next_ns": None if next_ns is None else float(next_ns)},
                              mailbox_ok=True)
             mailed = self._mailed        # (the heartbeats of a long wait go beside the mailbox)
+            self._ring_next(host, next_ns)
             # poll, not sleep, when the release should come at once: this host's next event
             # is the earliest of all it knows of
             soon = next_ns is not None and next_ns < self._horizon_ns
@@ -760,6 +847,8 @@ class PoolClient:
                 got = LazyDelta(got, self._settle_owed)
                 self._owed = (got, req, mailed, quantum)
         self._horizon_ns = got.horizon_ns
+        if isinstance(got, PoolDelta):
+            self._horizon_host = got.horizon_host
         return got
 
     def _settle_owed(self) -> None:
@@ -770,7 +859,9 @@ class PoolClient:
             if owed is not None:
                 lazy, req, mailed, quantum = owed
                 try:
-                    lazy.deliver(self._await_release(req, mailed, quantum, True, early=False))
+                    delta = self._await_release(req, mailed, quantum, True, early=False)
+                    lazy.deliver(delta)
+                    self._horizon_host = delta.horizon_host
                 except PoolError as exc:    # the keep-alive thread may be the one receiving
                     lazy.fail(exc)
                     raise
@@ -799,7 +890,7 @@ class PoolClient:
         while True:
             slice_end = min(deadline, time.monotonic() + self.heartbeat_s)
             got = recv(req, slice_end, f"exchange of quantum {quantum}", others=seen,
-                       spin_s=self.spin_s if soon else 0.0)
+                       spin_s=self.spin_s if soon else 0.0, wakeable=True)
             if got is not None:
                 return delta_from_wire(got[0])
             if schedule:
@@ -822,4 +913,5 @@ def delta_from_wire(d: dict) -> PoolDelta:
                      tuple((h, ns) for h, ns in d["coherence_ns"]),
                      float("inf") if d.get("next_ns") is None else float(d["next_ns"]),
                      float("inf") if d.get("run_until_ns") is None else float(d["run_until_ns"]),
-                     float("inf") if d.get("horizon_ns") is None else float(d["horizon_ns"]))
+                     float("inf") if d.get("horizon_ns") is None else float(d["horizon_ns"]),
+                     int(d.get("horizon_host", -1)))

@@ -612,8 +612,9 @@ class LocalPool:
             if self._runs(self._next[host], delta.run_until_ns):
                 if owed is not None:     # parked through earlier barriers: all of them at once
                     owed.add(delta)
+                horizon_ns, horizon_host = _horizon(self._next, host)
                 released[host] = (delta if owed is None else owed.result())._replace(
-                    horizon_ns=_horizon(self._next, host))
+                    horizon_ns=horizon_ns, horizon_host=horizon_host)
             else:                        # parked: owed this delta too (settle)
                 held[host] = owed if owed is not None else DeltaMerger()
         if held:
@@ -643,7 +644,7 @@ class LocalPool:
             return {}
         nexts = {**self._next, host: math.inf if next_ns is None else float(next_ns)}
         _, run_until = self._schedule(min(nexts.values()))
-        return {h: Release(self.quantum, run_until, _horizon(nexts, h))
+        return {h: Release(self.quantum, run_until, _horizon(nexts, h)[0])
                 for h in sorted(waiting) if self._runs(nexts[h], run_until)}
 
     @property
@@ -667,6 +668,8 @@ class LocalPool:
                             f"blocks that left the pool")
 
 
-def _horizon(nexts: dict[int, float], host: int) -> float:
-    """The earliest next event of any host but `host` (PoolDelta.horizon_ns)."""
-    return min((t for h, t in nexts.items() if h != host), default=math.inf)
+def _horizon(nexts: dict[int, float], host: int) -> tuple[float, int]:
+    """The earliest next event of any host but `host`, and that host (the lowest id of those
+    that tie; -1 if none has one): PoolDelta.horizon_ns and horizon_host."""
+    return min(((t, h) for h, t in nexts.items() if h != host and t < math.inf),
+               default=(math.inf, -1))
