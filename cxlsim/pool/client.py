@@ -225,6 +225,7 @@ class PoolClient:
                 os.unlink(path)              # left by an earlier client of this host id
             wake.bind(path)
             wake.setblocking(False)
+            self._wake_inode = os.stat(path).st_ino
         except OSError:                      # no wake-ups for this host: it wakes as before
             wake.close()
             return
@@ -235,8 +236,9 @@ class PoolClient:
         if wake is not None:
             path = wake.getsockname()
             wake.close()
-            try:
-                os.unlink(path)
+            try:                             # unless a later client of this host id took it
+                if os.stat(path).st_ino == self._wake_inode:
+                    os.unlink(path)
             except OSError:
                 pass
 
