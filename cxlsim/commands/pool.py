@@ -71,8 +71,9 @@ def read_secret_key(path: str) -> bytes:
     import zmq
     secret = read_key(path)
     public_path = os.path.join(os.path.dirname(path), "pool.public")
-    if os.path.exists(public_path) and zmq.curve_public(secret) != read_key(public_path):
-        what = f"holds the public key of {public_path}" if secret == read_key(public_path) \
+    public = read_key(public_path) if os.path.exists(public_path) else None
+    if public is not None and zmq.curve_public(secret) != public:
+        what = f"holds the public key of {public_path}" if secret == public \
             else f"is not the secret key of {public_path}"
         raise ConfigError(f"{path} {what}: give the server the pool.secret that "
                           f"`cxlsim pool keygen` wrote beside it")

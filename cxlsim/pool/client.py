@@ -209,6 +209,8 @@ class PoolClient:
                 return False
 
     def _drain_wake(self) -> None:
+        if self._wake is None:
+            return
         try:
             while self._wake.recv(16):
                 pass
@@ -834,8 +836,7 @@ class PoolClient:
         if next_ns is not None and not math.isfinite(next_ns):
             next_ns = None
         with self._lock:          # the keep-alive thread waits: exchange sends its own heartbeats
-            if self._wake is not None:
-                self._drain_wake()       # a ring from before this hand-in is stale
+            self._drain_wake()           # a ring from before this hand-in is stale
             req = self._send("exchange", {"quantum": int(quantum), "ops": wire,
                                           "next_ns": None if next_ns is None else float(next_ns)},
                              mailbox_ok=True)
@@ -849,8 +850,6 @@ class PoolClient:
                 got = LazyDelta(got, self._settle_owed)
                 self._owed = (got, req, mailed, quantum)
         self._horizon_ns = got.horizon_ns
-        if isinstance(got, PoolDelta):
-            self._horizon_host = got.horizon_host
         return got
 
     def _settle_owed(self) -> None:
@@ -861,9 +860,7 @@ class PoolClient:
             if owed is not None:
                 lazy, req, mailed, quantum = owed
                 try:
-                    delta = self._await_release(req, mailed, quantum, True, early=False)
-                    lazy.deliver(delta)
-                    self._horizon_host = delta.horizon_host
+                    lazy.deliver(self._await_release(req, mailed, quantum, True, early=False))
                 except PoolError as exc:    # the keep-alive thread may be the one receiving
                     lazy.fail(exc)
                     raise
@@ -894,7 +891,9 @@ class PoolClient:
             got = recv(req, slice_end, f"exchange of quantum {quantum}", others=seen,
                        spin_s=self.spin_s if soon else 0.0, wakeable=True)
             if got is not None:
-                return delta_from_wire(got[0])
+                delta = delta_from_wire(got[0])
+                self._horizon_host = delta.horizon_host     # whom the next hand-in may wake
+                return delta
             if schedule:
                 return schedule[0]
             if any(m.get("ok") for m in alive):
