@@ -62,6 +62,12 @@ int cxl_fabric_transfer_batch(cxl_fabric *f, const int32_t *route, const uint64_
                               const uint64_t *bytes, const double *t_ns, double *done_ns,
                               double *energy_pj, int64_t n);
 
+/* Other hosts' transfers (a multi-host replay's barrier): they occupy each resource on the route
+ * (its FIFO timeline and utilization windows) as transfer_batch would, in order, and count in no
+ * resource statistic. addr may be NULL. */
+int cxl_fabric_background_batch(cxl_fabric *f, const int32_t *route, const uint64_t *addr,
+                                const uint64_t *bytes, const double *t_ns, int64_t n);
+
 /* Idle latency of the route for an access of `bytes` at addr (no queueing, no contention). */
 int cxl_fabric_idle_latency(cxl_fabric *f, int32_t route, uint64_t addr, uint64_t bytes,
                             double *out_ns);

@@ -5,7 +5,11 @@
  * route serves its share of the bytes first-come first-served: from max(arrival, free) for its own
  * serialization time, so concurrent transfers queue and no resource ever carries more than its
  * bandwidth. The transfer completes when its slowest resource is done, plus the route's fixed
- * latency and a loaded-latency term queue_ns * u / (1 - u) per resource. */
+ * latency and a loaded-latency term queue_ns * u / (1 - u) per resource.
+ *
+ * Background transfers (another host's, taken in at a barrier of a multi-host replay) occupy the
+ * resources the same way, first-come first-served and in the utilization windows, but count in no
+ * statistic: those bytes are the other host's, and its own fabric counts them. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -207,8 +211,22 @@ static double route_latency(const route *rt, const uint64_t *wb, uint64_t addr)
     return rt->base_latency + lat;
 }
 
+/* Add busy ns to the utilization window holding t. A background transfer may lie before the
+ * resource's current window (it happened on another host during the quantum just ended): it
+ * counts in the previous window if it fell there, and in none if it is older still. */
+static void note_busy(resource *r, double t, double serv, double per_window)
+{
+    int64_t w = (int64_t)(t * per_window);
+    if (w >= r->window) {
+        utilization(r, t, per_window);     /* rolls the windows forward to t */
+        r->window_busy += serv;
+    } else if (w == r->window - 1) {
+        r->prev_busy += serv;
+    }
+}
+
 static int transfer_one(cxl_fabric *f, int32_t route_id, uint64_t addr, uint64_t bytes, double t,
-                        double *done, double *energy)
+                        int counted, double *done, double *energy)
 {
     if (route_id < 0 || route_id >= f->n_routes)
         return cxl_fail(CXL_EINVAL, "transfer: unknown route %d (fabric has %d)", route_id,
@@ -227,13 +245,18 @@ static int transfer_one(cxl_fabric *f, int32_t route_id, uint64_t addr, uint64_t
         resource *r = &f->res[e->res];
         double serv = (double)b * e->slowdown * r->ns_per_byte;
         if (r->queue_ns > 0) {   /* only a queueing term needs the utilization windows */
-            double u = utilization(r, t, f->per_window);
-            extra += r->queue_ns * u / (1 - u);
-            r->window_busy += serv;
+            if (counted) {
+                double u = utilization(r, t, f->per_window);
+                extra += r->queue_ns * u / (1 - u);
+                r->window_busy += serv;
+            } else {
+                note_busy(r, t, serv, f->per_window);
+            }
         }
         double from = r->st.free_at_ns > t ? r->st.free_at_ns : t;
         r->st.free_at_ns = from + serv;
         if (r->st.free_at_ns > end) end = r->st.free_at_ns;
+        if (!counted) continue;
         double e_pj = (double)b * 8.0 * r->pj_per_bit;
         r->st.bytes += (double)b;
         r->st.busy_ns += serv;
@@ -250,7 +273,7 @@ int cxl_fabric_transfer(cxl_fabric *f, int32_t route, uint64_t addr, uint64_t by
                         double *done_ns, double *energy_pj)
 {
     if (!f || !done_ns) return cxl_fail(CXL_EINVAL, "transfer: NULL argument");
-    return transfer_one(f, route, addr, bytes, t_ns, done_ns, energy_pj);
+    return transfer_one(f, route, addr, bytes, t_ns, 1, done_ns, energy_pj);
 }
 
 int cxl_fabric_transfer_batch(cxl_fabric *f, const int32_t *route, const uint64_t *addr,
@@ -260,9 +283,23 @@ int cxl_fabric_transfer_batch(cxl_fabric *f, const int32_t *route, const uint64_
     if (!f || n < 0 || (n && (!route || !bytes || !t_ns || !done_ns)))
         return cxl_fail(CXL_EINVAL, "transfer_batch: NULL array");
     for (int64_t i = 0; i < n; i++) {
-        int st = transfer_one(f, route[i], addr ? addr[i] : 0, bytes[i], t_ns[i], &done_ns[i],
+        int st = transfer_one(f, route[i], addr ? addr[i] : 0, bytes[i], t_ns[i], 1, &done_ns[i],
                               energy_pj ? &energy_pj[i] : NULL);
         if (st) return cxl_fail(st, "transfer_batch: item %lld: %s", (long long)i,
+                                cxl_last_error());
+    }
+    return CXL_OK;
+}
+
+int cxl_fabric_background_batch(cxl_fabric *f, const int32_t *route, const uint64_t *addr,
+                                const uint64_t *bytes, const double *t_ns, int64_t n)
+{
+    if (!f || n < 0 || (n && (!route || !bytes || !t_ns)))
+        return cxl_fail(CXL_EINVAL, "background_batch: NULL array");
+    double done;
+    for (int64_t i = 0; i < n; i++) {
+        int st = transfer_one(f, route[i], addr ? addr[i] : 0, bytes[i], t_ns[i], 0, &done, NULL);
+        if (st) return cxl_fail(st, "background_batch: item %lld: %s", (long long)i,
                                 cxl_last_error());
     }
     return CXL_OK;
@@ -336,7 +373,7 @@ int cxl_fabric_closed_loop(cxl_fabric *f, int32_t read_route, int32_t write_rout
         int is_read = floor((double)(i + 1) * read_ratio) > floor((double)i * read_ratio);
         double t = heap[0].t, done;
         st = transfer_one(f, is_read ? read_route : write_route, (uint64_t)i * access_bytes,
-                          access_bytes, t, &done, NULL);
+                          access_bytes, t, 1, &done, NULL);
         if (st) break;
         lat_sum += done - t;
         if (done > last_done) last_done = done;

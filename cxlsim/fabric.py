@@ -55,6 +55,7 @@ class Fabric:
         self._link_res: dict[tuple[str, str], int] = {}
         self._routes: dict[tuple[str, str], int] = {}
         self._route_info: dict[tuple[str, str], dict] = {}
+        self._route_ends: list[tuple[str, str]] = []
         self._adj: dict[str, list[tuple[str, float]]] = {n: [] for n in topology.node_names}
         self._hop = {s.name: s.hop_latency_ns for s in topology.switches}
         self._homes: dict[str, set[str]] = {m.name: set() for m in topology.memories}
@@ -168,12 +169,17 @@ class Fabric:
         self._routes[key] = out[0]
         self._route_info[key] = {"resources": [self.resource_names[e[0]] for e in entries],
                                  "way_latency_ns": [lat for _, lat in ways]}
+        self._route_ends.append(key)             # route ids count up from 0
         return out[0]
 
     def route_resources(self, src: str, dst: str) -> list[str]:
         """Names of the resources a src -> dst transfer crosses (for reports and tests)."""
         self.route(src, dst)
         return list(self._route_info[(src, dst)]["resources"])
+
+    def resources_of_route(self, route: int) -> list[str]:
+        """route_resources of a route id this fabric gave out."""
+        return self.route_resources(*self._route_ends[route])
 
     def path_latency_ns(self, a: str, b: str) -> float:
         """Link + switch latency between two nodes, no media: what a load adds crossing them
@@ -213,6 +219,17 @@ class Fabric:
             _core.ptr(sizes, "uint64_t"), _core.ptr(starts, "double"), _core.ptr(done, "double"),
             ffi.NULL if energy is None else _core.ptr(energy, "double"), n))
         return (done, energy) if with_energy else done
+
+    def background_batch(self, routes, nbytes, t_ns) -> None:
+        """Other hosts' transfers (taken in at a multi-host replay's barrier): they occupy the
+        resources on their routes, in order, as transfer_batch would, and count in no statistic."""
+        routes = _core.as_array(routes, np.int32)
+        n = len(routes)
+        sizes = _core.as_array(np.broadcast_to(nbytes, (n,)), np.uint64)
+        starts = _core.as_array(np.broadcast_to(t_ns, (n,)), np.float64)
+        _core.check(lib.cxl_fabric_background_batch(
+            self._h, _core.ptr(routes, "int32_t"), ffi.NULL, _core.ptr(sizes, "uint64_t"),
+            _core.ptr(starts, "double"), n))
 
     def idle_latency(self, src: str, dst: str, nbytes: int = 64, addr: int = 0) -> float:
         """Unloaded latency (ns) of an access of nbytes from src to dst."""

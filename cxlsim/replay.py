@@ -402,13 +402,20 @@ def _run_pooled(cfg, dep, sched, topo, trace, wall0, progress, closed_form, clie
     servers, kvs, fabrics, sides = [], [], [], []
     n = len(trace["arrival_ms"])
     log = None
+    max_tiers = getattr(make_policy(cfg.policy), "max_tiers", None)
+
+    def local_tiers(h):
+        tiers = [Tier("hbm", f"{names[h]}.hbm", dep.kv_capacity_bytes)]
+        tiers += [Tier(*t) for t in _memory_tiers(topo, names[h], cfg) if t[0] == "dram"]
+        return tiers[: max_tiers or len(tiers)]
+    # where each host's pool traffic comes from or goes to, for the others' fabrics
+    peer_tiers = {h: [t.endpoint for t in local_tiers(h)] for h in range(cfg.hosts)}
     for h in mine:
-        fabric = Fabric(topo)               # per host: a host's timelines never wait on another
+        # per host: a host's timelines see the other hosts' pool traffic only at barriers
+        fabric = Fabric(topo)
         policy = make_policy(cfg.policy)
-        local = [Tier("hbm", f"{names[h]}.hbm", dep.kv_capacity_bytes)]
-        local += [Tier(*t) for t in _memory_tiers(topo, names[h], cfg) if t[0] == "dram"]
-        local = local[: getattr(policy, "max_tiers", None) or len(local)]
-        side = PoolSide(h, pool_endpoint, pool_bytes)
+        local = local_tiers(h)
+        side = PoolSide(h, pool_endpoint, pool_bytes, peer_tiers)
         kv = TieredKV(local, policy, block_bytes, fabric, cfg.sample_ms * 1e6, pool=side)
         if log is None:
             log = RequestLog(n, kv.n_report)

@@ -41,23 +41,28 @@ def rows(path: Path) -> list[dict]:
         return [{k: v for k, v in r.items() if k not in WALL_FIELDS} for r in csv.DictReader(f)]
 
 
-@pytest.mark.parametrize("extra, nonzero", [
-    ([], "puts"),
-    (["--cxl-gib", "4", "--assign", "session"], "touches"),       # hosts reuse others' blocks
-    (["--cxl-gib", "0.02", "--assign", "prefix", "--policy", "lru"], "rejected_ops"),  # full
-], ids=["default", "pool-hits", "pool-full-prefix-lru"])
-def test_four_host_processes_equal_in_process_replay(tmp_path, extra, nonzero):
+@pytest.mark.parametrize("trace, extra, nonzero", [
+    ("synth_small.jsonl", [], "puts"),
+    ("synth_small.jsonl", ["--cxl-gib", "4", "--assign", "session"], "touches"),  # others' blocks
+    ("synth_small.jsonl", ["--cxl-gib", "0.02", "--assign", "prefix", "--policy", "lru"],
+     "rejected_ops"),                                                              # a full pool
+    # results that depend on the pool traffic hosts take in from each other
+    # (test_pool_contention): the server must hand every host's moves to every host
+    ("synth_medium.jsonl", ["--cxl-gib", "2048"], "touches"),
+], ids=["default", "pool-hits", "pool-full-prefix-lru", "medium-contention"])
+def test_four_host_processes_equal_in_process_replay(tmp_path, trace, extra, nonzero):
     why = replay_missing()
     if why:
         pytest.skip(f"multi-host replay engine not ready: {why}")
     args = [*COMMON, *extra]
+    trace = TRACE.parent / trace
     gib = float(args[len(args) - 1 - args[::-1].index("--cxl-gib") + 1])
-    solo = cxlsim("replay", TRACE, *args, "--out", tmp_path / "inproc", "--json")
+    solo = cxlsim("replay", trace, *args, "--out", tmp_path / "inproc", "--json")
     assert solo.returncode == 0, solo.stderr
     with pool_server("--topology", "kv-pool-4host", "--memory", "pool",
                      capacity_bytes=int(gib * (1 << 30)), extent_mib=1,
                      heartbeat_s=30) as (ep, proc, log):
-        procs = [subprocess.Popen([sys.executable, "-m", "cxlsim", "replay", str(TRACE), *args,
+        procs = [subprocess.Popen([sys.executable, "-m", "cxlsim", "replay", str(trace), *args,
                                    "--pool", ep, "--host-id", str(h), "--out",
                                    str(tmp_path / f"host{h}"), "--json"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -183,13 +183,15 @@ def test_exchange_through_server_matches_local_pool_exactly():
         return {h: [PoolOp(float(10 * i + h + q), h, i, "put", (100 * h + i + 7 * q) % 250,
                            64 * 1024, True) for i in range(12)]
                 + [PoolOp(300.0, h, 50, "touch", 100 * ((h + 1) % 3), 0, True),
-                   PoolOp(301.0, h, 51, "free", 100 * h + 1, 0, True)]
+                   PoolOp(301.0, h, 51, "free", 100 * h + 1, 0, True),
+                   PoolOp(float(5 + h + q), h, 52, "move", h % 2, 1000 * (h + 1), h != 1)]
                 for h in range(3)}
     local = LocalPool(2 * MIB, extent_bytes=MIB)
     for h in range(3):
         local.attach(h, 0)
     want = [local.exchange_all(q, quantum_ops(q)) for q in range(4)]
     assert any(d.removed for d in want) and any(d.rejected for d in want)
+    assert all(len(d.traffic) == 3 for d in want)          # every host's move, to every host
     with pool_server(capacity_bytes=2 * MIB) as (ep, proc, log):
         cs = [PoolClient(ep, h, timeout_s=5.0) for h in range(3)]
         try:

@@ -47,7 +47,11 @@ from ..errors import PoolError
 OP_PUT = "put"        # write a block into the pool (owner = host); key, nbytes, shared
 OP_TOUCH = "touch"    # a host read the block (recency for the pool's eviction, coherence read)
 OP_FREE = "free"      # the host no longer needs its private block / its reference to a shared one
-OP_KINDS = (OP_PUT, OP_TOUCH, OP_FREE)
+#: bytes the host moved between the pool and one of its own tiers: key = that tier's index,
+#: nbytes = the bytes, shared = True into the pool / False out of it. Changes nothing in the
+#: pool; the delta hands it to the other hosts, whose fabrics take it in (PoolDelta.traffic)
+OP_MOVE = "move"
+OP_KINDS = (OP_PUT, OP_TOUCH, OP_FREE, OP_MOVE)
 
 
 class PoolOp(NamedTuple):
@@ -61,6 +65,15 @@ class PoolOp(NamedTuple):
     key: int
     nbytes: int = 0
     shared: bool = True
+
+
+class Traffic(NamedTuple):
+    """Bytes one host moved between the pool and one of its tiers at t_ns (an OP_MOVE)."""
+    t_ns: float
+    host: int
+    tier: int          # the index of the host's tier the bytes came from or went to
+    to_pool: bool
+    nbytes: int
 
 
 class PoolDelta(NamedTuple):
@@ -85,6 +98,10 @@ class PoolDelta(NamedTuple):
     #: the host whose next event is horizon_ns (-1: no other host has one). A host process
     #: that hands in knows from it which host its hand-in will release next, and wakes it.
     horizon_host: int = -1
+    #: every host's moves this quantum (OP_MOVE), in application order, as Traffic: each host
+    #: takes in the other hosts' on its own fabric, so the pool's shared links and devices carry
+    #: every host's bytes from the next quantum on (docs/multihost.md, Contention)
+    traffic: tuple[Traffic, ...] = ()
 
 
 class Release(NamedTuple):
@@ -135,14 +152,16 @@ class LazyDelta:
 
 class DeltaMerger:
     """Deltas folded one at a time into one with the effect of all of them in order (for a host
-    parked across barriers): a key ends up added or removed by its last change; rejections and
-    coherence add up; the rest is the last delta's. Each fold costs only that delta's changes."""
+    parked across barriers): a key ends up added or removed by its last change; rejections,
+    coherence and traffic add up; the rest is the last delta's. Each fold costs only that delta's
+    changes."""
 
     def __init__(self) -> None:
         self.added: set[int] = set()
         self.removed: set[int] = set()
         self.rejected: list = []
         self.coherence: dict[int, float] = {}
+        self.traffic: list[Traffic] = []
         self.last: PoolDelta | None = None
 
     def add(self, d: PoolDelta) -> None:
@@ -153,6 +172,7 @@ class DeltaMerger:
         self.rejected += d.rejected
         for host, ns in d.coherence_ns:
             self.coherence[host] = self.coherence.get(host, 0.0) + ns
+        self.traffic += d.traffic
         self.last = d
 
     def result(self) -> PoolDelta:
@@ -160,7 +180,7 @@ class DeltaMerger:
         return PoolDelta(last.quantum, tuple(sorted(self.added)), tuple(sorted(self.removed)),
                          tuple(self.rejected), last.used_bytes, last.capacity_bytes,
                          tuple(sorted(self.coherence.items())), last.next_ns, last.run_until_ns,
-                         last.horizon_ns)
+                         last.horizon_ns, last.horizon_host, tuple(self.traffic))
 
 
 @runtime_checkable

@@ -33,7 +33,7 @@ import zmq
 from .._core import ffi
 from ..errors import PoolError, PoolTimeout, ProtocolError
 from . import protocol as P
-from .api import LazyDelta, PoolDelta, PoolOp, Release
+from .api import LazyDelta, PoolDelta, PoolOp, Release, Traffic
 from .endpoint import check_endpoint, is_loopback_endpoint
 from .local import as_bytes
 from .mailbox import DATA_START, Mailbox
@@ -891,7 +891,11 @@ class PoolClient:
             got = recv(req, slice_end, f"exchange of quantum {quantum}", others=seen,
                        spin_s=self.spin_s if soon else 0.0, wakeable=True)
             if got is not None:
-                delta = delta_from_wire(got[0])
+                try:
+                    delta = delta_from_wire(got[0])
+                except ProtocolError as exc:
+                    raise PoolError(f"pool server {self.endpoint}: bad delta for quantum "
+                                    f"{quantum}: {exc}") from None
                 self._horizon_host = delta.horizon_host     # whom the next hand-in may wake
                 return delta
             if schedule:
@@ -908,11 +912,14 @@ class PoolClient:
                 hb_out = True
 
 
-def delta_from_wire(d: dict) -> PoolDelta:
+def delta_from_wire(d) -> PoolDelta:
+    """The PoolDelta a server sent (ProtocolError if any field is malformed)."""
+    d = P.check_delta(d)
+    inf = float("inf")
     return PoolDelta(d["quantum"], tuple(d["added"]), tuple(d["removed"]),
                      tuple(tuple(r) for r in d["rejected"]), d["used_bytes"], d["capacity_bytes"],
                      tuple((h, ns) for h, ns in d["coherence_ns"]),
-                     float("inf") if d.get("next_ns") is None else float(d["next_ns"]),
-                     float("inf") if d.get("run_until_ns") is None else float(d["run_until_ns"]),
-                     float("inf") if d.get("horizon_ns") is None else float(d["horizon_ns"]),
-                     int(d.get("horizon_host", -1)))
+                     inf if d["next_ns"] is None else d["next_ns"],
+                     inf if d["run_until_ns"] is None else d["run_until_ns"],
+                     inf if d["horizon_ns"] is None else d["horizon_ns"],
+                     d["horizon_host"], tuple(map(Traffic, *d["traffic"])))

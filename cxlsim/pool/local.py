@@ -32,12 +32,14 @@ import numpy as np
 
 from ..errors import CoreError, PoolError
 from ..index import BlockIndex, TierSpec
-from .api import OP_FREE, OP_KINDS, OP_PUT, OP_TOUCH, DeltaMerger, PoolDelta, PoolOp, Release
+from .api import (OP_FREE, OP_KINDS, OP_MOVE, OP_PUT, OP_TOUCH, DeltaMerger, PoolDelta, PoolOp,
+                  Release, Traffic)
 
 MAX_HOSTS = 64
 MAX_BLOCK_BYTES = (1 << 32) - 1       # the C index keeps block sizes in 32 bits
 KEY_MAX = (1 << 64) - 1
 DEFAULT_EXTENT_BYTES = 256 << 20
+MAX_TIERS = 64                       # a move names one of its host's tiers by index
 # ops apply in (t_ns, host, seq) order; equal keys (a host repeating a seq) keep hand-in order
 _APPLY_ORDER = operator.itemgetter(0, 1, 2)
 
@@ -111,6 +113,7 @@ class LocalPool:
         self._unfolded: list[PoolDelta] = []           # the last barrier's, until settle()
         self._time_quantum = 0                     # virtual-time quantum the next barrier ends
         self._quantum_coh: dict[int, float] = {}
+        self._traffic: list[Traffic] = []          # this quantum's moves (OP_MOVE)
 
     # ------------------------------------------------------------------ checks
     def _host(self, host) -> _Host:
@@ -508,6 +511,11 @@ class LocalPool:
             self._read(op.host, key, self._readable(op.host, key))
         elif op.kind == OP_FREE:
             self._free(op.host, self._key(op.key))
+        elif op.kind == OP_MOVE:
+            if op.key >= MAX_TIERS or op.nbytes <= 0:
+                raise PoolError(f"a move needs a tier index below {MAX_TIERS} and bytes > 0, got "
+                                f"tier {op.key}, {op.nbytes} B")
+            self._traffic.append(Traffic(op.t_ns, op.host, op.key, bool(op.shared), op.nbytes))
         else:
             raise PoolError(f"unknown op kind {op.kind!r} (known: {', '.join(OP_KINDS)})")
 
@@ -558,8 +566,10 @@ class LocalPool:
         self._changed = {}
         coh = tuple(sorted(self._quantum_coh.items()))
         self._quantum_coh = {}
+        traffic, self._traffic = tuple(self._traffic), []
         return PoolDelta(quantum, tuple(sorted(added)), tuple(sorted(removed)), rejected,
-                         self._used, self.capacity_bytes, coh, next_ns, run_until)
+                         self._used, self.capacity_bytes, coh, next_ns, run_until,
+                         traffic=traffic)
 
     def exchange_all(self, quantum: int, ops_by_host: dict[int, list[PoolOp]],
                      next_ns: dict[int, float] | None = None) -> PoolDelta:

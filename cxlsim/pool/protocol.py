@@ -23,7 +23,7 @@ import msgpack
 
 from ..errors import ProtocolError
 
-VERSION = 6
+VERSION = 7
 MAX_HEADER_BYTES = 16 << 20         # a header larger than this is refused before decoding
 DEFAULT_MAX_FRAME_BYTES = 64 << 20  # data frames (one block each); the server may lower it
 MAX_BATCH = 1 << 16                 # keys per batched request
@@ -185,6 +185,36 @@ COMMANDS: dict[str, tuple[dict, str]] = {
     "exchange": ({"quantum": integer(0, 1 << 62), "ops": OPS,
                   "next_ns": optional(finite)}, "none"),
 }
+
+#: a barrier's delta as the server sends it (server._delta_to_wire); the client checks every
+#: field, so a malformed delta is a clear error and never a wrong replay
+MAX_DELTA_KEYS = 1 << 26
+_DELTA_FIELDS = {
+    "quantum": integer(0, 1 << 62),
+    "added": list_of(KEY, MAX_DELTA_KEYS),
+    "removed": list_of(KEY, MAX_DELTA_KEYS),
+    "rejected": list_of(record(integer(0, MAX_HOST), integer(0, 1 << 62), string(4096)), MAX_OPS),
+    "used_bytes": integer(0, 1 << 62),
+    "capacity_bytes": integer(0, 1 << 62),
+    "coherence_ns": list_of(record(integer(0, MAX_HOST), finite), MAX_HOST + 1),
+    "next_ns": optional(finite),
+    "run_until_ns": optional(finite),
+    "horizon_ns": optional(finite),
+    "horizon_host": integer(-1, MAX_HOST),
+    # columns t_ns, host, tier, to_pool, nbytes: every host's moves (api.Traffic)
+    "traffic": columns(MAX_OPS * (MAX_HOST + 1), finite, integer(0, MAX_HOST), integer(0, 63),
+                       boolean, integer(1, MAX_BLOCK_BYTES)),
+}
+
+
+def check_delta(d) -> dict:
+    """Check a delta from the wire field by field (ProtocolError names the first fault)."""
+    if type(d) is not dict or d.keys() != _DELTA_FIELDS.keys():
+        got = sorted(d) if type(d) is dict else type(d).__name__
+        raise ProtocolError(f"a delta has the fields {sorted(_DELTA_FIELDS)}, got {got}")
+    for name, check in _DELTA_FIELDS.items():
+        check(d[name], name)
+    return d
 
 
 # ---------------------------------------------------------------------- encode / decode

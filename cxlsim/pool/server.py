@@ -767,7 +767,8 @@ def _delta_to_wire(delta) -> dict:
             "next_ns": delta.next_ns if math.isfinite(delta.next_ns) else None,
             "run_until_ns": delta.run_until_ns if math.isfinite(delta.run_until_ns) else None,
             "horizon_ns": delta.horizon_ns if math.isfinite(delta.horizon_ns) else None,
-            "horizon_host": delta.horizon_host}
+            "horizon_host": delta.horizon_host,
+            "traffic": [list(col) for col in zip(*delta.traffic)] or [[], [], [], [], []]}
 
 
 def run_server(pool: LocalPool, bind: str, ready=print, **kw) -> int:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import PoolError
 from ..fabric import Fabric
 from ..index import BlockIndex, TierSpec
 from ..kv import KVStore
@@ -82,6 +83,12 @@ class TieredKV:
         self.pinned_hbm = 0
         self._pin_count: dict[int, int] = {}
         self._routes: dict[tuple[int, int], int] = {}
+        self._pool_flows: dict[int, tuple[int, bool]] = {}   # pool route -> (tier, to_pool)
+        self._peer_routes: dict[tuple[int, int, bool], int] = {}
+        self._contended: dict[int, bool] = {}       # route -> shares a resource with a peer's
+        self._peer_resources: set[str] | None = None
+        if pool is not None:
+            pool.on_traffic = self._take_in
         self._next_scratch = SCRATCH_BASE
         # transfer log for link-utilization plots: start ns, route, bytes
         self.log_t: list[float] = []
@@ -107,7 +114,46 @@ class TieredKV:
         if rid is None:
             a, b = self.pool.endpoint, self.tiers[tier].endpoint
             rid = self._routes[key] = self.fabric.route(*((b, a) if to_pool else (a, b)))
+            self._pool_flows[rid] = (tier, to_pool)
         return rid
+
+    # ------------------------------------------------------------------ other hosts' traffic
+    def _take_in(self, traffic) -> None:
+        """Other hosts' moves of the last barrier (PoolSide.apply): they occupy the pool's
+        shared links and devices on this host's fabric, counted in no statistic of it."""
+        routes = [self._peer_route(tr.host, tr.tier, tr.to_pool) for tr in traffic]
+        self.fabric.background_batch(routes, np.fromiter((tr.nbytes for tr in traffic), np.uint64,
+                                                         len(traffic)),
+                                     np.fromiter((tr.t_ns for tr in traffic), np.float64,
+                                                 len(traffic)))
+
+    def _peer_route(self, host: int, tier: int, to_pool: bool) -> int:
+        key = (host, tier, to_pool)
+        rid = self._peer_routes.get(key)
+        if rid is None:
+            tiers = self.pool.peer_tiers.get(host, ())
+            if not 0 <= tier < len(tiers):
+                raise PoolError(f"host {host} moved bytes through its tier {tier}, and this "
+                                f"replay gives it {len(tiers)} tiers: do the hosts run with one "
+                                f"topology and policy?")
+            a, b = self.pool.endpoint, tiers[tier]
+            rid = self._peer_routes[key] = self.fabric.route(*((b, a) if to_pool else (a, b)))
+        return rid
+
+    def _shares_with_peers(self, route: int) -> bool:
+        """Whether a route of this host crosses a resource other hosts' pool traffic uses (its
+        transfers must then wait for the other hosts' moves of the last barrier)."""
+        hit = self._contended.get(route)
+        if hit is None:
+            if self._peer_resources is None:
+                pool, fabric = self.pool, self.fabric
+                self._peer_resources = {
+                    name for host, tiers in pool.peer_tiers.items() if host != pool.host
+                    for ep in tiers for pair in ((ep, pool.endpoint), (pool.endpoint, ep))
+                    for name in fabric.route_resources(*pair)}
+            hit = self._contended[route] = not self._peer_resources.isdisjoint(
+                self.fabric.resources_of_route(route))
+        return hit
 
     def routes_used(self) -> dict:
         """(src endpoint, dst endpoint) -> fabric route id, for every route used so far."""
@@ -122,9 +168,23 @@ class TieredKV:
         return out
 
     def _transfer(self, items: list[tuple[int, int]], t: float) -> float:
-        """Issue (route, bytes) transfers at t in order; latest completion (t if none)."""
+        """Issue (route, bytes) transfers at t in order; latest completion (t if none). With a
+        pool, the bytes moved to or from it are handed in too (PoolSide.move), for the other
+        hosts' fabrics."""
         if not items:
             return t
+        pool = self.pool
+        if pool is not None:
+            if pool.lazy and any(self._shares_with_peers(r) for r, _ in items):
+                pool.settle()               # the other hosts' last moves go in first
+            flows = self._pool_flows
+            moved: dict[tuple[int, bool], int] = {}
+            for r, b in items:
+                flow = flows.get(r)
+                if flow is not None:
+                    moved[flow] = moved.get(flow, 0) + b
+            for (tier, to_pool), nbytes in moved.items():
+                pool.move(tier, to_pool, nbytes, t)
         self.log_t.extend([t] * len(items))
         self.log_route.extend(r for r, _ in items)
         self.log_bytes.extend(b for _, b in items)

@@ -8,23 +8,33 @@ the same delta back and updates its mirror. A block the host put becomes visible
 everyone else, at the next barrier, so no host's view depends on another host's progress inside a
 quantum.
 
+The bytes a host moves to and from the pool go to the barrier too (moves), and every other host's
+fabric takes them in from the delta (`on_traffic`), so the pool's shared links and devices carry
+every host's traffic, one quantum late like the key set (docs/multihost.md, Contention).
+
 A host process may get its release before the delta's pool changes (PoolClient.exchange_lazy: a
-LazyDelta). Nothing but `in` reads the mirror, so the side applies such a delta at the first `in`,
-or before the next hand-in, and results stay those of a delta applied at once; meanwhile the host
-runs its quantum while the server applies the barrier's ops.
+LazyDelta). Nothing but `in` reads the mirror, so the side applies such a delta at the first `in`, before
+the first transfer that crosses a resource other hosts' pool traffic uses (TieredKV), or before
+the next hand-in, and results stay those of a delta applied at once; meanwhile the host runs its
+quantum while the server applies the barrier's ops.
 """
 from __future__ import annotations
 
-from ..pool.api import OP_PUT, OP_TOUCH, LazyDelta, PoolDelta, PoolOp
+from ..pool.api import OP_MOVE, OP_PUT, OP_TOUCH, LazyDelta, PoolDelta, PoolOp
+from ..pool.local import MAX_BLOCK_BYTES
 
 
 class PoolSide:
     """Host `host`'s mirror of the pool and its buffered ops."""
 
-    def __init__(self, host: int, endpoint: str, capacity_bytes: int):
+    def __init__(self, host: int, endpoint: str, capacity_bytes: int,
+                 peer_tiers: dict[int, list[str]] | None = None):
         self.host = host
         self.endpoint = endpoint            # fabric endpoint of the pool (an interleave set)
         self.capacity_bytes = capacity_bytes
+        # every host's tier endpoints, by host: where the other hosts' moves came from or went
+        self.peer_tiers = peer_tiers or {}
+        self.on_traffic = None              # callback(other hosts' Traffic), set by TieredKV
         self.mirror: set[int] = set()
         self.ops: list[PoolOp] = []
         self._seq = 0
@@ -49,6 +59,20 @@ class PoolSide:
         self._op(OP_TOUCH, key, 0, t_ns)
         self.touches += 1
 
+    def move(self, tier: int, to_pool: bool, nbytes: int, t_ns: float) -> None:
+        """Bytes moved between the pool and this host's tier `tier` at t_ns (in ops of at most
+        MAX_BLOCK_BYTES each: a move travels in an op's nbytes)."""
+        while nbytes > 0:
+            part = min(nbytes, MAX_BLOCK_BYTES)
+            self.ops.append(PoolOp(t_ns, self.host, self._seq, OP_MOVE, tier, part, to_pool))
+            self._seq += 1
+            nbytes -= part
+
+    @property
+    def lazy(self) -> bool:
+        """Whether a delta was given whose changes are not applied yet (settle applies them)."""
+        return self._lazy is not None
+
     def take_ops(self) -> list[PoolOp]:
         if self._lazy is not None:       # the last barrier's changes go in before the next
             self.settle()
@@ -64,6 +88,10 @@ class PoolSide:
         self.mirror.difference_update(delta.removed)
         self.mirror.update(delta.added)
         self.rejected += sum(1 for host, _, _ in delta.rejected if host == self.host)
+        if delta.traffic and self.on_traffic is not None:
+            others = [tr for tr in delta.traffic if tr.host != self.host]
+            if others:
+                self.on_traffic(others)
 
     def settle(self) -> None:
         """Apply a LazyDelta given to apply(), once its pool changes are in (waits for them)."""
