@@ -222,14 +222,15 @@ class Fabric:
 
     def background_batch(self, routes, nbytes, t_ns) -> None:
         """Other hosts' transfers (taken in at a multi-host replay's barrier): they occupy the
-        resources on their routes, in order, as transfer_batch would, and count in no statistic."""
-        routes = _core.as_array(routes, np.int32)
+        resources on their routes, in order, as transfer_batch would, and count in no statistic.
+        routes, nbytes, t_ns: sequences of one length (a barrier's few; no numpy round trip)."""
         n = len(routes)
-        sizes = _core.as_array(np.broadcast_to(nbytes, (n,)), np.uint64)
-        starts = _core.as_array(np.broadcast_to(t_ns, (n,)), np.float64)
+        if not len(nbytes) == len(t_ns) == n:
+            raise ValueError(f"background_batch: {n} routes, {len(nbytes)} sizes and "
+                                  f"{len(t_ns)} start times")
         _core.check(lib.cxl_fabric_background_batch(
-            self._h, _core.ptr(routes, "int32_t"), ffi.NULL, _core.ptr(sizes, "uint64_t"),
-            _core.ptr(starts, "double"), n))
+            self._h, ffi.new("int32_t[]", list(routes)), ffi.NULL,
+            ffi.new("uint64_t[]", list(nbytes)), ffi.new("double[]", list(t_ns)), n))
 
     def idle_latency(self, src: str, dst: str, nbytes: int = 64, addr: int = 0) -> float:
         """Unloaded latency (ns) of an access of nbytes from src to dst."""

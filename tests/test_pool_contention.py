@@ -58,7 +58,7 @@ def test_background_transfers_occupy_shared_resources_and_count_nowhere():
         f = Fabric(topo)
         if background:
             f.background_batch([f.route(*r) for r, _ in background], [n for _, n in background],
-                               0.0)
+                               [0.0] * len(background))
         done = f.transfer("pool", "h0.dram", 64 * MIB, 0.0)
         return done, [(s.name, s.bytes, s.busy_ns, s.energy_pj, s.transfers) for s in f.stats()]
 
@@ -69,6 +69,8 @@ def test_background_transfers_occupy_shared_resources_and_count_nowhere():
     assert shared > 1.9 * alone
     assert private == alone                   # h1's own memories are not on h0's route
     assert stats_shared == stats_private == stats     # background bytes are the other host's
+    with pytest.raises(ValueError, match="2 routes, 1 sizes"):
+        Fabric(topo).background_batch([0, 0], [1], [0.0, 0.0])
 
 
 def test_moves_reach_every_host_in_application_order():

@@ -121,11 +121,9 @@ class TieredKV:
     def _take_in(self, traffic) -> None:
         """Other hosts' moves of the last barrier (PoolSide.apply): they occupy the pool's
         shared links and devices on this host's fabric, counted in no statistic of it."""
-        routes = [self._peer_route(tr.host, tr.tier, tr.to_pool) for tr in traffic]
-        self.fabric.background_batch(routes, np.fromiter((tr.nbytes for tr in traffic), np.uint64,
-                                                         len(traffic)),
-                                     np.fromiter((tr.t_ns for tr in traffic), np.float64,
-                                                 len(traffic)))
+        self.fabric.background_batch([self._peer_route(tr.host, tr.tier, tr.to_pool)
+                                      for tr in traffic],
+                                     [tr.nbytes for tr in traffic], [tr.t_ns for tr in traffic])
 
     def _peer_route(self, host: int, tier: int, to_pool: bool) -> int:
         key = (host, tier, to_pool)
