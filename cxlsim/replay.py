@@ -409,13 +409,13 @@ def _run_pooled(cfg, dep, sched, topo, trace, wall0, progress, closed_form, clie
         tiers += [Tier(*t) for t in _memory_tiers(topo, names[h], cfg) if t[0] == "dram"]
         return tiers[: max_tiers or len(tiers)]
     # where each host's pool traffic comes from or goes to, for the others' fabrics
-    peer_tiers = {h: [t.endpoint for t in local_tiers(h)] for h in range(cfg.hosts)}
+    tiers_by_host = {h: [t.endpoint for t in local_tiers(h)] for h in range(cfg.hosts)}
     for h in mine:
         # per host: a host's timelines see the other hosts' pool traffic only at barriers
         fabric = Fabric(topo)
         policy = make_policy(cfg.policy)
         local = local_tiers(h)
-        side = PoolSide(h, pool_endpoint, pool_bytes, peer_tiers)
+        side = PoolSide(h, pool_endpoint, pool_bytes, tiers_by_host)
         kv = TieredKV(local, policy, block_bytes, fabric, cfg.sample_ms * 1e6, pool=side)
         if log is None:
             log = RequestLog(n, kv.n_report)
@@ -467,6 +467,8 @@ def _run_pooled(cfg, dep, sched, topo, trace, wall0, progress, closed_form, clie
                       "capacity_gib": pool_bytes / GIB,
                       "puts": sum(s.puts for s in sides), "touches": sum(s.touches for s in sides),
                       "rejected_ops": sum(s.rejected for s in sides),
+                      # other hosts' pool traffic the hosts' fabrics carried (each host's count)
+                      "taken_in_bytes": sum(s.taken_in_bytes for s in sides),
                       "mode": "in-process" if client is None else f"host {only} of a pool server"}}
     rows = None if client is None else owner == only    # a host process reports its own requests
     return _result(cfg, dep, trace, log, servers, kvs, _MergedFabric(fabrics), topo, tiers, wall0,
@@ -538,19 +540,20 @@ def _result(cfg, dep, trace, log, servers, kvs, fabric, topo, tiers, wall0,
 
 
 def _transfer_log(kvs, fabric) -> dict:
-    """Per link resource: (start ns, bytes) of every KV transfer that crossed it."""
-    names = {}
-    for kv in kvs:
-        for (src, dst), rid in kv.routes_used().items():
-            names[rid] = [r for r in fabric.route_resources(src, dst) if r.startswith("link ")]
-    t = np.concatenate([np.asarray(kv.log_t, np.float64) for kv in kvs])
-    route = np.concatenate([np.asarray(kv.log_route, np.int64) for kv in kvs])
-    nbytes = np.concatenate([np.asarray(kv.log_bytes, np.float64) for kv in kvs])
+    """Per link resource: (start ns, bytes) of every KV transfer that crossed it. Route ids are
+    per host fabric (hosts of a pooled replay each have one), so each host's log is read with
+    its own routes."""
     parts: dict[str, list] = {}
-    for rid in np.unique(route).tolist():
-        mask = route == rid
-        for res in names.get(rid, ()):
-            parts.setdefault(res, []).append((t[mask], nbytes[mask]))
+    for kv in kvs:
+        t = np.asarray(kv.log_t, np.float64)
+        route = np.asarray(kv.log_route, np.int64)
+        nbytes = np.asarray(kv.log_bytes, np.float64)
+        for (src, dst), rid in sorted(kv.routes_used().items(), key=lambda item: item[1]):
+            mask = route == rid
+            if mask.any():
+                for res in fabric.route_resources(src, dst):
+                    if res.startswith("link "):
+                        parts.setdefault(res, []).append((t[mask], nbytes[mask]))
     return {res: (np.concatenate([a for a, _ in p]), np.concatenate([b for _, b in p]))
             for res, p in parts.items()}
 

@@ -134,3 +134,25 @@ def test_multi_host_replay_writes_its_plots(tmp_path, capsys):
     assert {"summary.json", "requests.csv", "ttft_cdf.png", "tier_occupancy.png"} <= {
         p.name for p in out.iterdir()}
     assert "wrote" in capsys.readouterr().out
+
+
+def test_a_pooled_replay_logs_each_hosts_transfers_on_its_own_links(monkeypatch):
+    """Route ids are per host fabric: the per-link transfer log (the link-utilization plot) must
+    read each host's log with its own routes, so every host's links carry what its fabric
+    counted."""
+    import cxlsim.replay as replay
+    counted = {}
+    real = replay._transfer_log
+
+    def spy(kvs, fabric):
+        counted.update((s.name, s.bytes) for s in fabric.stats())
+        return real(kvs, fabric)
+    monkeypatch.setattr(replay, "_transfer_log", spy)
+    trace = Path(__file__).resolve().parents[1] / "traces" / "synth_small.jsonl"
+    result = replay.run_replay(replay.ReplayConfig(trace=str(trace), hosts=4, cxl_gib=1.0,
+                                                   topology="kv-pool-4host"))
+    uplinks = [f"link host{h}->sw0" for h in range(4)] + [f"link host{h}.hbm->host{h}"
+                                                            for h in range(4)]
+    for link in uplinks:            # links that carry every byte of the transfers crossing them
+        assert counted[link] > 0
+        assert result.transfers[link][1].sum() == counted[link], link
