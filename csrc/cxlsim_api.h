@@ -62,9 +62,10 @@ int cxl_fabric_transfer_batch(cxl_fabric *f, const int32_t *route, const uint64_
                               const uint64_t *bytes, const double *t_ns, double *done_ns,
                               double *energy_pj, int64_t n);
 
-/* Other hosts' transfers (a multi-host replay's barrier): they occupy each resource on the route
- * (its FIFO timeline and utilization windows) as transfer_batch would, in order, and count in no
- * resource statistic. addr may be NULL. */
+/* Other hosts' transfers (a multi-host replay's barrier), in order: they queue on each resource's
+ * background timeline (first-come first-served among themselves), which the host's own transfers
+ * then wait for, and add their busy time to its utilization windows (none if older than the
+ * previous window); they count in no resource statistic. addr may be NULL. */
 int cxl_fabric_background_batch(cxl_fabric *f, const int32_t *route, const uint64_t *addr,
                                 const uint64_t *bytes, const double *t_ns, int64_t n);
 

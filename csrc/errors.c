@@ -27,9 +27,13 @@ const char *cxl_last_error(void) { return last_error; }
 
 int cxl_fail(int status, const char *fmt, ...)
 {
+    /* format into a scratch buffer: callers that add context pass cxl_last_error() as an argument,
+     * and vsnprintf must not read the buffer it writes */
+    char msg[sizeof last_error];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    memcpy(last_error, msg, sizeof last_error);
     return status;
 }

@@ -7,15 +7,20 @@
  * bandwidth. The transfer completes when its slowest resource is done, plus the route's fixed
  * latency and a loaded-latency term queue_ns * u / (1 - u) per resource.
  *
- * Background transfers (another host's, taken in at a barrier of a multi-host replay) occupy the
- * resources the same way, first-come first-served and in the utilization windows, but count in no
- * statistic: those bytes are the other host's, and its own fabric counts them. */
+ * Background transfers (other hosts' bytes, taken in at a barrier of a multi-host replay) queue on
+ * a timeline of their own per resource, first-come first-served among themselves, and add their
+ * busy time to the utilization windows; the host's own transfers start no earlier than that
+ * timeline's end. They count in no statistic: the bytes are the other host's, and its own fabric
+ * counts them. A background transfer never waits for the host's own: it was issued during the
+ * quantum just ended, before the host knew of it, and queueing it behind the host's later bytes
+ * would delay the host's next transfers by bytes long gone. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include "internal.h"
 
 #define UTIL_CAP 0.95   /* keep u / (1 - u) finite: at most 19 x queue_ns */
+#define MAX_START_NS 1e18   /* 31 years: window indices stay well inside int64 */
 
 typedef struct {
     double bytes_per_ns;  /* <= 0: unlimited (never a bottleneck) */
@@ -25,6 +30,7 @@ typedef struct {
     int64_t window;       /* index of the current utilization window */
     double window_busy;   /* busy ns reserved by transfers arriving in the current window */
     double prev_busy;     /* the same for the previous window */
+    double bg_free_at;    /* when the background transfers (other hosts') leave it free */
     cxl_resource_stats st;
 } resource;
 
@@ -189,11 +195,19 @@ static void deal_bytes(uint64_t addr, uint64_t bytes, uint64_t g, int32_t k, uin
     if (end > last_c * g) wb[last_c % k] += end - last_c * g;
 }
 
+/* Index of the utilization window holding t >= 0 (truncation is floor), saturating rather than
+ * overflowing int64 for a tiny window and a late t. */
+static int64_t window_of(double t, double per_window)
+{
+    double w = t * per_window;
+    return w < 9e18 ? (int64_t)w : INT64_MAX;
+}
+
 static double utilization(resource *r, double t, double per_window)
 {
-    int64_t w = (int64_t)(t * per_window);   /* t >= 0: truncation is floor */
+    int64_t w = window_of(t, per_window);
     if (w > r->window) {
-        r->prev_busy = (w == r->window + 1) ? r->window_busy : 0;
+        r->prev_busy = (r->window < INT64_MAX && w == r->window + 1) ? r->window_busy : 0;
         r->window_busy = 0;
         r->window = w;
     }
@@ -216,7 +230,7 @@ static double route_latency(const route *rt, const uint64_t *wb, uint64_t addr)
  * counts in the previous window if it fell there, and in none if it is older still. */
 static void note_busy(resource *r, double t, double serv, double per_window)
 {
-    int64_t w = (int64_t)(t * per_window);
+    int64_t w = window_of(t, per_window);
     if (w >= r->window) {
         utilization(r, t, per_window);     /* rolls the windows forward to t */
         r->window_busy += serv;
@@ -231,8 +245,9 @@ static int transfer_one(cxl_fabric *f, int32_t route_id, uint64_t addr, uint64_t
     if (route_id < 0 || route_id >= f->n_routes)
         return cxl_fail(CXL_EINVAL, "transfer: unknown route %d (fabric has %d)", route_id,
                         f->n_routes);
-    if (!(t >= 0) || !isfinite(t))
-        return cxl_fail(CXL_EINVAL, "transfer: start time must be finite and >= 0, got %g", t);
+    if (!(t >= 0) || !(t < MAX_START_NS))
+        return cxl_fail(CXL_EINVAL, "transfer: start time must be in [0, %g) ns, got %g",
+                        MAX_START_NS, t);
     const route *rt = &f->routes[route_id];
     uint64_t *wb = f->way_bytes;
     deal_bytes(addr, bytes, rt->granularity, rt->n_ways, wb);
@@ -253,10 +268,14 @@ static int transfer_one(cxl_fabric *f, int32_t route_id, uint64_t addr, uint64_t
                 note_busy(r, t, serv, f->per_window);
             }
         }
+        if (!counted) {
+            r->bg_free_at = (r->bg_free_at > t ? r->bg_free_at : t) + serv;
+            continue;
+        }
         double from = r->st.free_at_ns > t ? r->st.free_at_ns : t;
+        if (r->bg_free_at > from) from = r->bg_free_at;
         r->st.free_at_ns = from + serv;
         if (r->st.free_at_ns > end) end = r->st.free_at_ns;
-        if (!counted) continue;
         double e_pj = (double)b * 8.0 * r->pj_per_bit;
         r->st.bytes += (double)b;
         r->st.busy_ns += serv;
@@ -406,6 +425,6 @@ void cxl_fabric_reset(cxl_fabric *f)
         resource *r = &f->res[i];
         memset(&r->st, 0, sizeof r->st);
         r->window = 0;
-        r->window_busy = r->prev_busy = 0;
+        r->window_busy = r->prev_busy = r->bg_free_at = 0;
     }
 }

@@ -55,7 +55,7 @@ class Fabric:
         self._link_res: dict[tuple[str, str], int] = {}
         self._routes: dict[tuple[str, str], int] = {}
         self._route_info: dict[tuple[str, str], dict] = {}
-        self._route_ends: list[tuple[str, str]] = []
+        self._route_ends: dict[int, tuple[str, str]] = {}     # route id -> (src, dst)
         self._adj: dict[str, list[tuple[str, float]]] = {n: [] for n in topology.node_names}
         self._hop = {s.name: s.hop_latency_ns for s in topology.switches}
         self._homes: dict[str, set[str]] = {m.name: set() for m in topology.memories}
@@ -169,7 +169,7 @@ class Fabric:
         self._routes[key] = out[0]
         self._route_info[key] = {"resources": [self.resource_names[e[0]] for e in entries],
                                  "way_latency_ns": [lat for _, lat in ways]}
-        self._route_ends.append(key)             # route ids count up from 0
+        self._route_ends[out[0]] = key
         return out[0]
 
     def route_resources(self, src: str, dst: str) -> list[str]:

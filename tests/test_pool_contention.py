@@ -22,12 +22,13 @@ from cxlsim.topology import parse_topology
 MIB = 1 << 20
 
 
-def two_hosts():
+def two_hosts(queue_ns=0.0):
     """h0 and h1, each with hbm and dram of its own on a private link, and an x16-like link to
-    switch sw, under which two 32 GB/s devices form the interleaved pool."""
+    switch sw, under which two 32 GB/s devices (loaded-latency term queue_ns) form the
+    interleaved pool."""
     def mem(name, kind="cxl", bw=32.0):
         return {"name": name, "kind": kind, "capacity_gib": 16, "read_latency_ns": 100.0,
-                "bandwidth_gbps": bw}
+                "bandwidth_gbps": bw, "queue_ns": queue_ns if kind == "cxl" else 0.0}
     memories = [mem("m0"), mem("m1")]
     links = [{"ends": ["sw", "m0"], "bandwidth_gbps": 32, "latency_ns": 10},
              {"ends": ["sw", "m1"], "bandwidth_gbps": 32, "latency_ns": 10}]
@@ -42,11 +43,11 @@ def two_hosts():
         "interleave": [{"name": "pool", "members": ["m0", "m1"], "granularity": 256}]})
 
 
-PEERS = {h: [f"h{h}.hbm", f"h{h}.dram"] for h in (0, 1)}
+TIERS = {h: [f"h{h}.hbm", f"h{h}.dram"] for h in (0, 1)}
 
 
 def host(h, topo):
-    side = PoolSide(h, "pool", 1 << 30, PEERS)
+    side = PoolSide(h, "pool", 1 << 30, TIERS)
     tiers = [Tier("hbm", f"h{h}.hbm", 1 << 30), Tier("dram", f"h{h}.dram", 1 << 30)]
     return side, TieredKV(tiers, make_policy("lru"), MIB, Fabric(topo), pool=side)
 
@@ -73,6 +74,46 @@ def test_background_transfers_occupy_shared_resources_and_count_nowhere():
         Fabric(topo).background_batch([0, 0], [1], [0.0, 0.0])
 
 
+def test_background_bytes_that_left_before_the_hosts_own_do_not_hold_it_up():
+    """Taken in at the barrier, after the host's own late transfer: the other host's early bytes
+    were gone long before, so the host's next transfer starts when its own bytes are done."""
+    topo = two_hosts()
+
+    def next_load(background_at, own_before=True):
+        f = Fabric(topo)
+        if own_before:
+            f.transfer("pool", "h0.dram", MIB, 999_000.0)
+        if background_at is not None:
+            f.background_batch([f.route("pool", "h1.dram")], [MIB], [background_at])
+        return f.transfer("pool", "h0.dram", MIB, 1_000_000.0)
+    assert next_load(0.0) == next_load(None)
+    # bytes still on the devices (16 us for 1 MiB at 64 GB/s): the host queues behind them
+    idle = next_load(None, own_before=False)
+    assert next_load(999_990.0, own_before=False) > idle + 0.9 * MIB / 64.0
+
+
+def test_background_bytes_count_in_the_utilization_window_they_fell_in():
+    """With a loaded-latency term, the other host's bytes raise the host's latency when they
+    fell in the window before its transfer (1 us windows), and not when they are older."""
+    topo = two_hosts(queue_ns=100.0)
+
+    def latency(background_at):
+        f = Fabric(topo)
+        if background_at is not None:
+            f.background_batch([f.route("pool", "h1.dram")], [16_000], [background_at])
+        return f.transfer("pool", "h0.dram", 64, 10_000.0) - 10_000.0
+    idle = latency(None)
+    assert latency(9_500.0) > idle + 10          # the previous window was busy
+    assert latency(8_500.0) == idle              # two windows back: no longer counted
+
+
+def test_a_background_transfer_at_an_absurd_time_is_refused_clearly():
+    f = Fabric(two_hosts())
+    with pytest.raises(ValueError, match=r"background_batch: item 1: transfer: start time must be "
+                                         r"in \[0, 1e\+18\) ns, got 1e\+300"):
+        f.background_batch([f.route("pool", "h1.dram")] * 2, [64, 64], [0.0, 1e300])
+
+
 def test_moves_reach_every_host_in_application_order():
     def run(per_host):
         p = LocalPool(1 << 30, 1000.0)
@@ -81,7 +122,8 @@ def test_moves_reach_every_host_in_application_order():
         ops = {0: [PoolOp(5.0, 0, 0, OP_MOVE, 1, 4096, True), PoolOp(5.0, 0, 1, OP_PUT, 9, 64, True)],
                1: [PoolOp(2.0, 1, 0, OP_MOVE, 0, 100, False),
                    PoolOp(7.0, 1, 1, OP_MOVE, 64, 100, False),      # no such tier: refused
-                   PoolOp(8.0, 1, 2, OP_MOVE, 0, 0, True)],         # no bytes: refused
+                   PoolOp(8.0, 1, 2, OP_MOVE, 0, 0, True),          # no bytes: refused
+                   PoolOp(9.0, 1, 3, OP_MOVE, -1, 10, True)],       # no such tier: refused
                2: []}
         if not per_host:
             return p.exchange_all(0, ops)
@@ -93,7 +135,7 @@ def test_moves_reach_every_host_in_application_order():
     delta = run(per_host=False)
     assert delta.traffic == (Traffic(2.0, 1, 0, False, 100), Traffic(5.0, 0, 1, True, 4096))
     assert delta.added == (9,)
-    assert [(h, s) for h, s, _ in delta.rejected] == [(1, 1), (1, 2)]
+    assert [(h, s) for h, s, _ in delta.rejected] == [(1, 1), (1, 2), (1, 3)]
     assert all("tier index" in why for _, _, why in delta.rejected)
     assert run(per_host=True).traffic == delta.traffic
 
@@ -160,10 +202,12 @@ def test_a_lazy_delta_is_settled_before_a_transfer_that_crosses_the_others_traff
     assert not side.lazy and fetched == [1]
 
 
-def test_traffic_from_a_tier_the_replay_does_not_give_that_host_is_a_clear_error():
+def test_traffic_from_a_tier_or_host_the_replay_does_not_have_is_a_clear_error():
     side, kv = host(0, two_hosts())
     with pytest.raises(PoolError, match="host 1 moved bytes through its tier 5"):
         side.apply(PoolDelta(0, (), (), traffic=(Traffic(1.0, 1, 5, True, 10),)))
+    with pytest.raises(PoolError, match=r"host 7 moved bytes .* has hosts \[0, 1\] only"):
+        side.apply(PoolDelta(1, (), (), traffic=(Traffic(1.0, 7, 0, True, 10),)))
 
 
 def test_a_delta_crosses_the_wire_intact():

@@ -48,7 +48,7 @@ def rows(path: Path) -> list[dict]:
      "rejected_ops"),                                                              # a full pool
     # results that depend on the pool traffic hosts take in from each other
     # (test_pool_contention): the server must hand every host's moves to every host
-    ("synth_medium.jsonl", ["--cxl-gib", "2048"], "touches"),
+    ("synth_medium.jsonl", ["--cxl-gib", "2048"], "taken_in_bytes"),
 ], ids=["default", "pool-hits", "pool-full-prefix-lru", "medium-contention"])
 def test_four_host_processes_equal_in_process_replay(tmp_path, trace, extra, nonzero):
     why = replay_missing()
@@ -85,7 +85,7 @@ def test_four_host_processes_equal_in_process_replay(tmp_path, trace, extra, non
     summary = json.loads(solo.stdout)
     assert summary["requests"]["completed"] == len(want)
     # the pool's counters, summed over the host processes (a host counts its own ops)
-    for counter in ("puts", "touches", "rejected_ops"):
+    for counter in ("puts", "touches", "rejected_ops", "taken_in_bytes"):
         assert sum(s["pool"][counter] for s in hosts) == summary["pool"][counter], counter
     assert summary["pool"][nonzero] > 0          # what this case is for does happen
 

@@ -52,6 +52,7 @@ OP_FREE = "free"      # the host no longer needs its private block / its referen
 #: pool; the delta hands it to the other hosts, whose fabrics take it in (PoolDelta.traffic)
 OP_MOVE = "move"
 OP_KINDS = (OP_PUT, OP_TOUCH, OP_FREE, OP_MOVE)
+MAX_TIERS = 64        # a move names one of its host's tiers by index, below this
 
 
 class PoolOp(NamedTuple):

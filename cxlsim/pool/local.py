@@ -32,14 +32,13 @@ import numpy as np
 
 from ..errors import CoreError, PoolError
 from ..index import BlockIndex, TierSpec
-from .api import (OP_FREE, OP_KINDS, OP_MOVE, OP_PUT, OP_TOUCH, DeltaMerger, PoolDelta, PoolOp,
-                  Release, Traffic)
+from .api import (MAX_TIERS, OP_FREE, OP_KINDS, OP_MOVE, OP_PUT, OP_TOUCH, DeltaMerger, PoolDelta,
+                  PoolOp, Release, Traffic)
 
 MAX_HOSTS = 64
 MAX_BLOCK_BYTES = (1 << 32) - 1       # the C index keeps block sizes in 32 bits
 KEY_MAX = (1 << 64) - 1
 DEFAULT_EXTENT_BYTES = 256 << 20
-MAX_TIERS = 64                       # a move names one of its host's tiers by index
 # ops apply in (t_ns, host, seq) order; equal keys (a host repeating a seq) keep hand-in order
 _APPLY_ORDER = operator.itemgetter(0, 1, 2)
 
@@ -512,7 +511,7 @@ class LocalPool:
         elif op.kind == OP_FREE:
             self._free(op.host, self._key(op.key))
         elif op.kind == OP_MOVE:
-            if op.key >= MAX_TIERS or op.nbytes <= 0:
+            if not 0 <= op.key < MAX_TIERS or op.nbytes <= 0:
                 raise PoolError(f"a move needs a tier index below {MAX_TIERS} and bytes > 0, got "
                                 f"tier {op.key}, {op.nbytes} B")
             self._traffic.append(Traffic(op.t_ns, op.host, op.key, bool(op.shared), op.nbytes))
@@ -533,7 +532,7 @@ class LocalPool:
             try:
                 self._apply_op(op)
             except (PoolError, CoreError) as exc:
-                rejected.append((op.host, op.seq, str(exc)))
+                rejected.append((op.host, op.seq, str(exc)[:4096] or type(exc).__name__))
         self._time_quantum, run_until = self._schedule(next_ns)
         delta = self._delta(quantum, tuple(rejected), next_ns, run_until)
         self.quantum = quantum + 1

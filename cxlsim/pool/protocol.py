@@ -22,6 +22,7 @@ from array import array
 import msgpack
 
 from ..errors import ProtocolError
+from .api import MAX_TIERS
 
 VERSION = 7
 MAX_HEADER_BYTES = 16 << 20         # a header larger than this is refused before decoding
@@ -193,7 +194,9 @@ _DELTA_FIELDS = {
     "quantum": integer(0, 1 << 62),
     "added": list_of(KEY, MAX_DELTA_KEYS),
     "removed": list_of(KEY, MAX_DELTA_KEYS),
-    "rejected": list_of(record(integer(0, MAX_HOST), integer(0, 1 << 62), string(4096)), MAX_OPS),
+    # every host's rejections and moves, of every barrier a parked host missed
+    "rejected": list_of(record(integer(0, MAX_HOST), integer(0, 1 << 62), string(4096)),
+                        MAX_DELTA_KEYS),
     "used_bytes": integer(0, 1 << 62),
     "capacity_bytes": integer(0, 1 << 62),
     "coherence_ns": list_of(record(integer(0, MAX_HOST), finite), MAX_HOST + 1),
@@ -202,7 +205,7 @@ _DELTA_FIELDS = {
     "horizon_ns": optional(finite),
     "horizon_host": integer(-1, MAX_HOST),
     # columns t_ns, host, tier, to_pool, nbytes: every host's moves (api.Traffic)
-    "traffic": columns(MAX_OPS * (MAX_HOST + 1), finite, integer(0, MAX_HOST), integer(0, 63),
+    "traffic": columns(MAX_DELTA_KEYS, finite, integer(0, MAX_HOST), integer(0, MAX_TIERS - 1),
                        boolean, integer(1, MAX_BLOCK_BYTES)),
 }
 

@@ -87,7 +87,7 @@ class TieredKV:
         self._peer_routes: dict[tuple[int, int, bool], int] = {}
         self._contended: dict[int, bool] = {}       # route -> shares a resource with a peer's
         self._peer_resources: set[str] | None = None
-        if pool is not None:
+        if pool is not None:                # the other hosts' moves feed this fabric
             pool.on_traffic = self._take_in
         self._next_scratch = SCRATCH_BASE
         # transfer log for link-utilization plots: start ns, route, bytes
@@ -129,7 +129,10 @@ class TieredKV:
         key = (host, tier, to_pool)
         rid = self._peer_routes.get(key)
         if rid is None:
-            tiers = self.pool.peer_tiers.get(host, ())
+            tiers = self.pool.tiers_by_host.get(host)
+            if tiers is None:
+                raise PoolError(f"host {host} moved bytes to or from the pool, and this replay "
+                                f"has hosts {sorted(self.pool.tiers_by_host)} only")
             if not 0 <= tier < len(tiers):
                 raise PoolError(f"host {host} moved bytes through its tier {tier}, and this "
                                 f"replay gives it {len(tiers)} tiers: do the hosts run with one "
@@ -146,7 +149,7 @@ class TieredKV:
             if self._peer_resources is None:
                 pool, fabric = self.pool, self.fabric
                 self._peer_resources = {
-                    name for host, tiers in pool.peer_tiers.items() if host != pool.host
+                    name for host, tiers in pool.tiers_by_host.items() if host != pool.host
                     for ep in tiers for pair in ((ep, pool.endpoint), (pool.endpoint, ep))
                     for name in fabric.route_resources(*pair)}
             hit = self._contended[route] = not self._peer_resources.isdisjoint(

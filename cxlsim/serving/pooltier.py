@@ -13,10 +13,11 @@ fabric takes them in from the delta (`on_traffic`), so the pool's shared links a
 every host's traffic, one quantum late like the key set (docs/multihost.md, Contention).
 
 A host process may get its release before the delta's pool changes (PoolClient.exchange_lazy: a
-LazyDelta). Nothing but `in` reads the mirror, so the side applies such a delta at the first `in`, before
-the first transfer that crosses a resource other hosts' pool traffic uses (TieredKV), or before
-the next hand-in, and results stay those of a delta applied at once; meanwhile the host runs its
-quantum while the server applies the barrier's ops.
+LazyDelta). Only two things read a delta: `in` (the mirror) and a transfer that crosses a link or
+device other hosts' pool traffic uses (TieredKV settles first, for the traffic). So the side
+applies such a delta at the first of those, or before the next hand-in, and results stay those of
+a delta applied at once; meanwhile the host runs its quantum while the server applies the
+barrier's ops.
 """
 from __future__ import annotations
 
@@ -28,13 +29,17 @@ class PoolSide:
     """Host `host`'s mirror of the pool and its buffered ops."""
 
     def __init__(self, host: int, endpoint: str, capacity_bytes: int,
-                 peer_tiers: dict[int, list[str]] | None = None):
+                 tiers_by_host: dict[int, list[str]] | None = None):
         self.host = host
         self.endpoint = endpoint            # fabric endpoint of the pool (an interleave set)
         self.capacity_bytes = capacity_bytes
-        # every host's tier endpoints, by host: where the other hosts' moves came from or went
-        self.peer_tiers = peer_tiers or {}
-        self.on_traffic = None              # callback(other hosts' Traffic), set by TieredKV
+        # the tier endpoints of every host of the replay (this one too), by host: where the
+        # other hosts' moves came from or went to
+        self.tiers_by_host = tiers_by_host or {}
+        # what takes the other hosts' moves in (a list of Traffic): the TieredKV given this side
+        # sets it to feed its fabric
+        self.on_traffic = None
+        self.taken_in_bytes = 0             # other hosts' moved bytes handed to on_traffic
         self.mirror: set[int] = set()
         self.ops: list[PoolOp] = []
         self._seq = 0
@@ -60,8 +65,9 @@ class PoolSide:
         self.touches += 1
 
     def move(self, tier: int, to_pool: bool, nbytes: int, t_ns: float) -> None:
-        """Bytes moved between the pool and this host's tier `tier` at t_ns (in ops of at most
-        MAX_BLOCK_BYTES each: a move travels in an op's nbytes)."""
+        """Bytes moved between the pool and this host's tier `tier` at t_ns: OP_MOVE ops (the
+        tier index in `key`, the direction in `shared`), of at most MAX_BLOCK_BYTES each since a
+        move's bytes travel in an op's nbytes."""
         while nbytes > 0:
             part = min(nbytes, MAX_BLOCK_BYTES)
             self.ops.append(PoolOp(t_ns, self.host, self._seq, OP_MOVE, tier, part, to_pool))
@@ -92,6 +98,7 @@ class PoolSide:
             others = [tr for tr in delta.traffic if tr.host != self.host]
             if others:
                 self.on_traffic(others)
+                self.taken_in_bytes += sum(tr.nbytes for tr in others)
 
     def settle(self) -> None:
         """Apply a LazyDelta given to apply(), once its pool changes are in (waits for them)."""
