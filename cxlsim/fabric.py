@@ -13,6 +13,7 @@ Times are virtual ns, sizes bytes, bandwidths GB/s (= bytes/ns). See docs/model.
 from __future__ import annotations
 
 import heapq
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +42,10 @@ class ResourceStats:
 class _Path:
     links: tuple[tuple[str, str], ...]  # directed hops
     latency_ns: float                   # link and switch latency, no media
+
+
+# node paths by topology: they depend on it alone, and a multi-host replay builds a fabric per host
+_PATHS: "weakref.WeakKeyDictionary[Topology, dict]" = weakref.WeakKeyDictionary()
 
 
 class Fabric:
@@ -72,6 +77,7 @@ class Fabric:
                     self._homes[b].add(a)
         # only a memory private to one host has a home; a multi-headed device belongs to none
         self._homes = {m: hs if len(hs) == 1 else set() for m, hs in self._homes.items()}
+        self._paths: dict[tuple[str, str], _Path] = _PATHS.setdefault(topology, {})
 
     def _add_resource(self, name: str, bw: float, queue_ns: float, pj: float) -> int:
         out = ffi.new("int32_t *")
@@ -82,6 +88,12 @@ class Fabric:
     # ------------------------------------------------------------------ routing
 
     def _path(self, src: str, dst: str) -> _Path:
+        path = self._paths.get((src, dst))
+        if path is None:
+            path = self._paths[(src, dst)] = self._find_path(src, dst)
+        return path
+
+    def _find_path(self, src: str, dst: str) -> _Path:
         """Lowest-latency node path from src to dst (Dijkstra; ties broken by name order)."""
         hosts = {h.name for h in self.topology.hosts}
         allowed_hosts = ({src, dst} & hosts) | self._homes.get(src, set()) | self._homes.get(dst, set())

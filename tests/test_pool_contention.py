@@ -147,11 +147,10 @@ def test_a_parked_host_takes_in_every_barrier_it_missed_in_order():
     merger = DeltaMerger()
     merger.add(first)
     merger.add(second)
-    got = []
     side = PoolSide(0, "pool", 1)
-    side.on_traffic = got.extend
     side.apply(merger.result())
-    assert got == [Traffic(1.0, 1, 0, True, 10), Traffic(1600.0, 1, 0, False, 30)]
+    assert side.take_traffic() == [Traffic(1.0, 1, 0, True, 10), Traffic(1600.0, 1, 0, False, 30)]
+    assert side.take_traffic() == [] and side.taken_in_bytes == 40
 
 
 def test_a_host_hands_in_its_pool_bytes_and_takes_in_the_others_at_the_barrier():
@@ -203,11 +202,13 @@ def test_a_lazy_delta_is_settled_before_a_transfer_that_crosses_the_others_traff
 
 
 def test_traffic_from_a_tier_or_host_the_replay_does_not_have_is_a_clear_error():
-    side, kv = host(0, two_hosts())
-    with pytest.raises(PoolError, match="host 1 moved bytes through its tier 5"):
-        side.apply(PoolDelta(0, (), (), traffic=(Traffic(1.0, 1, 5, True, 10),)))
-    with pytest.raises(PoolError, match=r"host 7 moved bytes .* has hosts \[0, 1\] only"):
-        side.apply(PoolDelta(1, (), (), traffic=(Traffic(1.0, 7, 0, True, 10),)))
+    for traffic, says in [(Traffic(1.0, 1, 5, True, 10), "host 1 moved bytes through its tier 5"),
+                          (Traffic(1.0, 7, 0, True, 10),
+                           r"host 7 moved bytes .* has hosts \[0, 1\] only")]:
+        side, kv = host(0, two_hosts())
+        side.apply(PoolDelta(0, (), (), traffic=(traffic,)))
+        with pytest.raises(PoolError, match=says):     # at the next transfer that takes it in
+            kv._transfer([(kv.pool_route(False, 0), 64)], 2000.0)
 
 
 def test_a_delta_crosses_the_wire_intact():

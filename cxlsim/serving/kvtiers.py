@@ -87,8 +87,6 @@ class TieredKV:
         self._peer_routes: dict[tuple[int, int, bool], int] = {}
         self._contended: dict[int, bool] = {}       # route -> shares a resource with a peer's
         self._peer_resources: set[str] | None = None
-        if pool is not None:                # the other hosts' moves feed this fabric
-            pool.on_traffic = self._take_in
         self._next_scratch = SCRATCH_BASE
         # transfer log for link-utilization plots: start ns, route, bytes
         self.log_t: list[float] = []
@@ -119,7 +117,7 @@ class TieredKV:
 
     # ------------------------------------------------------------------ other hosts' traffic
     def _take_in(self, traffic) -> None:
-        """Other hosts' moves of the last barrier (PoolSide.apply): they occupy the pool's
+        """Other hosts' moves of past barriers (PoolSide.take_traffic): they occupy the pool's
         shared links and devices on this host's fabric, counted in no statistic of it."""
         self.fabric.background_batch([self._peer_route(tr.host, tr.tier, tr.to_pool)
                                       for tr in traffic],
@@ -176,8 +174,10 @@ class TieredKV:
             return t
         pool = self.pool
         if pool is not None:
-            if pool.lazy and any(self._shares_with_peers(r) for r, _ in items):
-                pool.settle()               # the other hosts' last moves go in first
+            if (pool.lazy or pool.traffic_in) and any(self._shares_with_peers(r) for r, _ in items):
+                traffic = pool.take_traffic()     # the other hosts' moves go in first
+                if traffic:
+                    self._take_in(traffic)
             flows = self._pool_flows
             moved: dict[tuple[int, bool], int] = {}
             for r, b in items:

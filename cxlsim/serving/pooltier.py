@@ -8,9 +8,10 @@ the same delta back and updates its mirror. A block the host put becomes visible
 everyone else, at the next barrier, so no host's view depends on another host's progress inside a
 quantum.
 
-The bytes a host moves to and from the pool go to the barrier too (moves), and every other host's
-fabric takes them in from the delta (`on_traffic`), so the pool's shared links and devices carry
-every host's traffic, one quantum late like the key set (docs/multihost.md, Contention).
+The bytes a host moves to and from the pool go to the barrier too (moves), and every other host
+keeps them from the delta (`traffic_in`) until its fabric takes them in, before its next transfer
+across the pool's shared links and devices (TieredKV): those carry every host's traffic, one quantum
+late like the key set (docs/multihost.md, Contention).
 
 A host process may get its release before the delta's pool changes (PoolClient.exchange_lazy: a
 LazyDelta). Only two things read a delta: `in` (the mirror) and a transfer that crosses a link or
@@ -21,7 +22,7 @@ barrier's ops.
 """
 from __future__ import annotations
 
-from ..pool.api import OP_MOVE, OP_PUT, OP_TOUCH, LazyDelta, PoolDelta, PoolOp
+from ..pool.api import OP_MOVE, OP_PUT, OP_TOUCH, LazyDelta, PoolDelta, PoolOp, Traffic
 from ..pool.local import MAX_BLOCK_BYTES
 
 
@@ -36,10 +37,11 @@ class PoolSide:
         # the tier endpoints of every host of the replay (this one too), by host: where the
         # other hosts' moves came from or went to
         self.tiers_by_host = tiers_by_host or {}
-        # what takes the other hosts' moves in (a list of Traffic): the TieredKV given this side
-        # sets it to feed its fabric
-        self.on_traffic = None
-        self.taken_in_bytes = 0             # other hosts' moved bytes handed to on_traffic
+        # every host's moves from the deltas (one tuple per delta, in order) until the host's
+        # fabric takes the other hosts' in (take_traffic): one background batch per transfer
+        # that needs them, not one per barrier and host
+        self.traffic_in: list[tuple[Traffic, ...]] = []
+        self._taken_bytes = 0
         self.mirror: set[int] = set()
         self.ops: list[PoolOp] = []
         self._seq = 0
@@ -79,6 +81,24 @@ class PoolSide:
         """Whether a delta was given whose changes are not applied yet (settle applies them)."""
         return self._lazy is not None
 
+    def take_traffic(self) -> list[Traffic]:
+        """The other hosts' moves received so far (the delta a LazyDelta brings included), in
+        order; they are the caller's to take in."""
+        if self._lazy is not None:
+            self.settle()
+        me = self.host
+        traffic = [tr for part in self.traffic_in for tr in part if tr.host != me]
+        self.traffic_in = []
+        self._taken_bytes += sum(tr.nbytes for tr in traffic)
+        return traffic
+
+    @property
+    def taken_in_bytes(self) -> int:
+        """The other hosts' moved bytes this host received, taken in or not yet."""
+        me = self.host
+        return self._taken_bytes + sum(tr.nbytes for part in self.traffic_in for tr in part
+                                       if tr.host != me)
+
     def take_ops(self) -> list[PoolOp]:
         if self._lazy is not None:       # the last barrier's changes go in before the next
             self.settle()
@@ -94,11 +114,8 @@ class PoolSide:
         self.mirror.difference_update(delta.removed)
         self.mirror.update(delta.added)
         self.rejected += sum(1 for host, _, _ in delta.rejected if host == self.host)
-        if delta.traffic and self.on_traffic is not None:
-            others = [tr for tr in delta.traffic if tr.host != self.host]
-            if others:
-                self.on_traffic(others)
-                self.taken_in_bytes += sum(tr.nbytes for tr in others)
+        if delta.traffic:
+            self.traffic_in.append(delta.traffic)
 
     def settle(self) -> None:
         """Apply a LazyDelta given to apply(), once its pool changes are in (waits for them)."""
