@@ -342,6 +342,8 @@ def run_quanta(servers: list[ServingHost], sides: list[PoolSide], exchange, quan
     nothing to do gets one merged delta, so `seq` follows the delta, not a local count.
     Returns the number of barriers exchanged."""
     def barrier(seq):
+        for srv in servers:
+            srv.kv.flush()                     # transfers held back go out before the hand-in
         delta = exchange(seq, {s.host: s.take_ops() for s in sides},
                          {srv.id: srv.loop.peek_time() for srv in servers})
         for side in sides:

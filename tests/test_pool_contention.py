@@ -260,3 +260,27 @@ def test_the_medium_trace_replay_feels_the_other_hosts_traffic(monkeypatch):
     alone = run_replay(cfg).summary
     assert felt["ttft_ms"]["mean"] > alone["ttft_ms"]["mean"]
     assert felt["ttft_ms"]["p50"] > alone["ttft_ms"]["p50"]
+
+
+def test_a_transfer_nobody_awaits_is_held_back_not_waited_for():
+    """A publication (nothing waits for it) that would wait for a delta still coming is held
+    back: the host runs on, and the transfer goes out before its next transfer, after the other
+    hosts' moves, so the fabric sees the order it would have seen with the delta in at once."""
+    topo = two_hosts()
+    delta = PoolDelta(4, (), (), run_until_ns=5000.0, horizon_ns=math.inf,
+                      traffic=(Traffic(3000.0, 1, 0, False, 64 * MIB),))
+    eager_side, eager = host(0, topo)
+    eager_side.apply(delta)
+    eager._transfer([(eager.pool_route(True, 0), 8 * MIB)], 4000.0, awaited=False)
+    expected = eager._transfer([(eager.route(0, 1), 8 * MIB)], 4100.0)
+
+    side, kv = host(0, topo)
+    fetched = []
+    lazy = LazyDelta(Release(4, 5000.0, math.inf),
+                     lambda: (fetched.append(1), lazy.deliver(delta)))
+    side.apply(lazy)
+    assert kv._transfer([(kv.pool_route(True, 0), 8 * MIB)], 4000.0, awaited=False) == 4000.0
+    assert fetched == [] and [op.kind for op in side.ops] == [OP_MOVE]   # handed in all the same
+    assert kv._transfer([(kv.route(0, 1), 8 * MIB)], 4100.0) == expected  # hbm -> dram waits
+    assert fetched == [1]            # for the held publication's bytes on the hbm link
+    assert [s.bytes for s in kv.fabric.stats()] == [s.bytes for s in eager.fabric.stats()]

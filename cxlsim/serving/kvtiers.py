@@ -87,6 +87,9 @@ class TieredKV:
         self._peer_routes: dict[tuple[int, int, bool], int] = {}
         self._contended: dict[int, bool] = {}       # route -> shares a resource with a peer's
         self._peer_resources: set[str] | None = None
+        # transfers nothing waits for, held back while the pool's last delta is still coming
+        # (a host process): issued before the host's next transfer or hand-in (flush)
+        self._unissued: list[tuple[list[tuple[int, int]], float]] = []
         self._next_scratch = SCRATCH_BASE
         # transfer log for link-utilization plots: start ns, route, bytes
         self.log_t: list[float] = []
@@ -166,26 +169,51 @@ class TieredKV:
                 out[(self.tiers[key[0]].endpoint, self.tiers[key[1]].endpoint)] = rid
         return out
 
-    def _transfer(self, items: list[tuple[int, int]], t: float) -> float:
+    def _transfer(self, items: list[tuple[int, int]], t: float, awaited: bool = True) -> float:
         """Issue (route, bytes) transfers at t in order; latest completion (t if none). With a
         pool, the bytes moved to or from it are handed in too (PoolSide.move), for the other
-        hosts' fabrics."""
+        hosts' fabrics, whose moves go into this fabric first. A transfer whose completion
+        nobody awaits, which would wait for a delta still coming, is held back (returns t) and
+        issued before the next transfer or hand-in: the same order, without the wait."""
         if not items:
             return t
+        if self._unissued:
+            self.flush()
         pool = self.pool
         if pool is not None:
             if (pool.lazy or pool.traffic_in) and any(self._shares_with_peers(r) for r, _ in items):
+                if pool.lazy and not awaited:
+                    self._record_moves(items, t)
+                    self._unissued.append((items, t))
+                    return t
                 traffic = pool.take_traffic()     # the other hosts' moves go in first
                 if traffic:
                     self._take_in(traffic)
-            flows = self._pool_flows
-            moved: dict[tuple[int, bool], int] = {}
-            for r, b in items:
-                flow = flows.get(r)
-                if flow is not None:
-                    moved[flow] = moved.get(flow, 0) + b
-            for (tier, to_pool), nbytes in moved.items():
-                pool.move(tier, to_pool, nbytes, t)
+            self._record_moves(items, t)
+        return self._issue(items, t)
+
+    def flush(self) -> None:
+        """Issue the transfers held back (see _transfer), after the other hosts' moves."""
+        held, self._unissued = self._unissued, []
+        if held:
+            traffic = self.pool.take_traffic()
+            if traffic:
+                self._take_in(traffic)
+            for items, t in held:
+                self._issue(items, t)
+
+    def _record_moves(self, items: list[tuple[int, int]], t: float) -> None:
+        """The pool's share of a batch, one move per tier and direction (PoolSide.move)."""
+        flows = self._pool_flows
+        moved: dict[tuple[int, bool], int] = {}
+        for r, b in items:
+            flow = flows.get(r)
+            if flow is not None:
+                moved[flow] = moved.get(flow, 0) + b
+        for (tier, to_pool), nbytes in moved.items():
+            self.pool.move(tier, to_pool, nbytes, t)
+
+    def _issue(self, items: list[tuple[int, int]], t: float) -> float:
         self.log_t.extend([t] * len(items))
         self.log_route.extend(r for r, _ in items)
         self.log_bytes.extend(b for _, b in items)
@@ -195,15 +223,16 @@ class TieredKV:
         sizes = np.fromiter((b for _, b in items), np.uint64, len(items))
         return float(self.fabric.transfer_batch(routes, sizes, t).max())
 
-    def prefill_done(self, adm: Admission, t: float) -> float:
-        """The request's prompt KV exists: write-through copies and pool publications go out."""
+    def prefill_done(self, adm: Admission, t: float) -> None:
+        """The request's prompt KV exists: write-through copies and pool publications go out
+        (nothing waits for them)."""
         items = list(adm.writes)
         if adm.publish:
             route = self.pool_route(True, 0)
             for key in adm.publish:
                 self.pool.put(key, self.block_bytes, t)
                 items.append((route, self.block_bytes))
-        return self._transfer(items, t)
+        self._transfer(items, t, awaited=False)
 
     # ------------------------------------------------------------------ admission
     def footprint(self, keys: list[int], extra_blocks: int) -> int:
