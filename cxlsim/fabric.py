@@ -233,13 +233,15 @@ class Fabric:
         return (done, energy) if with_energy else done
 
     def background_batch(self, routes, nbytes, t_ns) -> None:
-        """Other hosts' transfers (taken in at a multi-host replay's barrier): they occupy the
-        resources on their routes, in order, as transfer_batch would, and count in no statistic.
-        routes, nbytes, t_ns: sequences of one length (a barrier's few; no numpy round trip)."""
+        """Other hosts' transfers (a multi-host replay takes them in after a barrier), in order:
+        they queue on each resource's background timeline, which this fabric's own transfers
+        then wait for, add their busy time to the utilization windows, and count in no statistic
+        (docs/model.md, Background transfers). routes, nbytes, t_ns: sequences of one length (a
+        few per barrier; no numpy round trip)."""
         n = len(routes)
         if not len(nbytes) == len(t_ns) == n:
             raise ValueError(f"background_batch: {n} routes, {len(nbytes)} sizes and "
-                                  f"{len(t_ns)} start times")
+                             f"{len(t_ns)} start times")
         _core.check(lib.cxl_fabric_background_batch(
             self._h, ffi.new("int32_t[]", list(routes)), ffi.NULL,
             ffi.new("uint64_t[]", list(nbytes)), ffi.new("double[]", list(t_ns)), n))

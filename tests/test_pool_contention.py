@@ -119,7 +119,8 @@ def test_moves_reach_every_host_in_application_order():
         p = LocalPool(1 << 30, 1000.0)
         for h in range(3):
             p.attach(h, 0)
-        ops = {0: [PoolOp(5.0, 0, 0, OP_MOVE, 1, 4096, True), PoolOp(5.0, 0, 1, OP_PUT, 9, 64, True)],
+        ops = {0: [PoolOp(5.0, 0, 0, OP_MOVE, 1, 4096, True),
+                   PoolOp(5.0, 0, 1, OP_PUT, 9, 64, True)],
                1: [PoolOp(2.0, 1, 0, OP_MOVE, 0, 100, False),
                    PoolOp(7.0, 1, 1, OP_MOVE, 64, 100, False),      # no such tier: refused
                    PoolOp(8.0, 1, 2, OP_MOVE, 0, 0, True),          # no bytes: refused

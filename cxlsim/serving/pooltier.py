@@ -10,15 +10,15 @@ quantum.
 
 The bytes a host moves to and from the pool go to the barrier too (moves), and every other host
 keeps them from the delta (`traffic_in`) until its fabric takes them in, before its next transfer
-across the pool's shared links and devices (TieredKV): those carry every host's traffic, one quantum
-late like the key set (docs/multihost.md, Contention).
+across the pool's shared links and devices (TieredKV): those carry every host's traffic, one
+quantum late like the key set (docs/multihost.md, Contention).
 
 A host process may get its release before the delta's pool changes (PoolClient.exchange_lazy: a
 LazyDelta). Only two things read a delta: `in` (the mirror) and a transfer that crosses a link or
-device other hosts' pool traffic uses (TieredKV settles first, for the traffic). So the side
-applies such a delta at the first of those, or before the next hand-in, and results stay those of
-a delta applied at once; meanwhile the host runs its quantum while the server applies the
-barrier's ops.
+device other hosts' pool traffic uses (TieredKV settles first, for the traffic; a transfer nobody
+waits for is held back instead, to its next transfer or hand-in). So the side applies such a
+delta at the first of those, or before the next hand-in, and results stay those of a delta
+applied at once; meanwhile the host runs its quantum while the server applies the barrier's ops.
 """
 from __future__ import annotations
 
