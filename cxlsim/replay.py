@@ -54,6 +54,7 @@ class ReplayConfig:
     hosts: int = 1
     assign: str = "round-robin"
     quantum_us: float = 1000.0
+    contention: bool = True              # multi-host: hosts' pool traffic shares the pool's links
     token_budget: int = DEFAULT_TOKEN_BUDGET
     max_batch: int = DEFAULT_MAX_BATCH
     overlap: bool = True
@@ -410,8 +411,10 @@ def _run_pooled(cfg, dep, sched, topo, trace, wall0, progress, closed_form, clie
         tiers = [Tier("hbm", f"{names[h]}.hbm", dep.kv_capacity_bytes)]
         tiers += [Tier(*t) for t in _memory_tiers(topo, names[h], cfg) if t[0] == "dram"]
         return tiers[: max_tiers or len(tiers)]
-    # where each host's pool traffic comes from or goes to, for the others' fabrics
-    tiers_by_host = {h: [t.endpoint for t in local_tiers(h)] for h in range(cfg.hosts)}
+    # where each host's pool traffic comes from or goes to, for the others' fabrics (None: the
+    # hosts keep their traffic to themselves, no contention between them)
+    tiers_by_host = ({h: [t.endpoint for t in local_tiers(h)] for h in range(cfg.hosts)}
+                     if cfg.contention else None)
     for h in mine:
         # per host: a host's timelines see the other hosts' pool traffic only at barriers
         fabric = Fabric(topo)
@@ -465,6 +468,7 @@ def _run_pooled(cfg, dep, sched, topo, trace, wall0, progress, closed_form, clie
     for server, kv in zip(servers, kvs):
         kv.sample(server.last_event_ns)
     extra = {"pool": {"hosts": cfg.hosts, "assign": cfg.assign, "quantum_us": cfg.quantum_us,
+                      "contention": cfg.contention,
                       "barriers": barriers, "endpoint": pool_endpoint,
                       "capacity_gib": pool_bytes / GIB,
                       "puts": sum(s.puts for s in sides), "touches": sum(s.touches for s in sides),

@@ -250,17 +250,23 @@ def test_a_delta_with_missing_or_extra_fields_is_refused():
 def test_the_medium_trace_replay_feels_the_other_hosts_traffic(monkeypatch):
     """Four hosts on kv-pool-4host replaying the shipped medium trace: some of a host's pool
     loads queue behind other hosts' publications, so time to first token grows with the
-    traffic taken in. (The multi-process replay test runs this case against a real server.)"""
+    traffic taken in. `contention = False` (--no-contention) leaves it out, the same as a
+    fabric that ignores what it is given. (The multi-process replay test runs this case against
+    a real server.)"""
     from pathlib import Path
 
     from cxlsim.replay import ReplayConfig, run_replay
     trace = Path(__file__).resolve().parents[1] / "traces" / "synth_medium.jsonl"
     cfg = ReplayConfig(trace=str(trace), hosts=4, topology="kv-pool-4host", cxl_gib=2048.0)
     felt = run_replay(cfg).summary
-    monkeypatch.setattr(TieredKV, "_take_in", lambda self, traffic: None)
-    alone = run_replay(cfg).summary
+    alone = run_replay(cfg.with_overrides(contention=False)).summary
     assert felt["ttft_ms"]["mean"] > alone["ttft_ms"]["mean"]
     assert felt["ttft_ms"]["p50"] > alone["ttft_ms"]["p50"]
+    assert felt["pool"]["taken_in_bytes"] > 0 == alone["pool"]["taken_in_bytes"]
+    assert (felt["pool"]["contention"], alone["pool"]["contention"]) == (True, False)
+    monkeypatch.setattr(TieredKV, "_take_in", lambda self, traffic: None)
+    ignored = run_replay(cfg).summary
+    assert (ignored["ttft_ms"], ignored["tpot_ms"]) == (alone["ttft_ms"], alone["tpot_ms"])
 
 
 def test_a_transfer_nobody_awaits_is_held_back_not_waited_for():

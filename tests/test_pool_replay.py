@@ -204,6 +204,7 @@ def test_a_host_whose_server_dies_says_so_at_once(tmp_path):
 
 @pytest.mark.parametrize("args, says", [
     (["--pool", "tcp://127.0.0.1:5701", "--host-id", "4"], "--host-id H in 0..3"),
+    (["--pool", "tcp://127.0.0.1:5701"], "--host-id H in 0..3 (--hosts 4), got none"),
     (["--pool", "foo", "--host-id", "0"], "'foo' is not a pool endpoint"),
     (["--pool", "tcp://127.0.0.1:70000", "--host-id", "0"], "port must be 1..65535"),
     (["--pool", "tcp://127.0.0.1:5701", "--host-id", "0", "--pool-timeout-s", "0"],

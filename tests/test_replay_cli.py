@@ -156,3 +156,20 @@ def test_a_pooled_replay_logs_each_hosts_transfers_on_its_own_links(monkeypatch)
     for link in uplinks:            # links that carry every byte of the transfers crossing them
         assert counted[link] > 0
         assert result.transfers[link][1].sum() == counted[link], link
+
+
+def test_no_contention_reaches_the_config_and_the_job_tag(tmp_path):
+    """--no-contention is a setting like any other: in the config, in the summary, and in the tag
+    that keeps host processes of one replay alike."""
+    import argparse
+
+    from cxlsim.commands.replay import add_config_args, config_from_args
+    from cxlsim.replay import read_trace
+
+    parser = argparse.ArgumentParser()
+    add_config_args(parser)
+    trace = str(Path(__file__).resolve().parents[1] / "traces" / "synth_small.jsonl")
+    on = config_from_args(parser.parse_args([trace, "--hosts", "4"]))
+    off = config_from_args(parser.parse_args([trace, "--hosts", "4", "--no-contention"]))
+    assert (on.contention, off.contention) == (True, False)
+    assert on.job_tag(read_trace(on)) != off.job_tag(read_trace(off))

@@ -31,6 +31,8 @@ def add_config_args(p, trace_optional: bool = True) -> None:
     p.add_argument("--hosts", type=int, help="serving hosts (multi-host shares the CXL pool)")
     p.add_argument("--assign", help="request-to-host rule: round-robin (default), session, prefix")
     p.add_argument("--quantum-us", type=float, help="pool barrier quantum in us (multi-host)")
+    p.add_argument("--no-contention", action="store_true",
+                   help="multi-host: hosts' pool traffic does not contend on the pool's links")
     p.add_argument("--token-budget", type=int, help="tokens per iteration (chunked prefill)")
     p.add_argument("--max-batch", type=int, help="running requests per host")
     p.add_argument("--no-overlap", action="store_true", help="load reused KV before computing (no layer-wise overlap)")
@@ -56,6 +58,8 @@ def config_from_args(args, **extra) -> ReplayConfig:
         values["trace"] = args.trace
     if getattr(args, "no_overlap", False):
         values["overlap"] = False
+    if getattr(args, "no_contention", False):
+        values["contention"] = False
     cfg = cfg.with_overrides(**values)
     validate(cfg, args.config or "command line")
     return cfg
@@ -107,8 +111,9 @@ def _run_remote_host(cfg, args):
     from ..errors import PoolError
     from ..pool.client import PoolClient
     if args.host_id is None or not 0 <= args.host_id < cfg.hosts:
+        got = "none" if args.host_id is None else args.host_id
         raise ConfigError(f"--pool needs --host-id H in 0..{cfg.hosts - 1} (--hosts {cfg.hosts}), "
-                          f"got {args.host_id}")
+                          f"got {got}")
     if not 0 < args.pool_timeout_s < float("inf"):
         raise ConfigError(f"--pool-timeout-s must be > 0, got {args.pool_timeout_s}")
     key = None

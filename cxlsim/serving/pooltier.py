@@ -35,7 +35,9 @@ class PoolSide:
         self.endpoint = endpoint            # fabric endpoint of the pool (an interleave set)
         self.capacity_bytes = capacity_bytes
         # the tier endpoints of every host of the replay (this one too), by host: where the
-        # other hosts' moves came from or went to
+        # other hosts' moves came from or went to. None: the hosts do not share their traffic
+        # (no moves handed in, no contention between them)
+        self.shares_traffic = tiers_by_host is not None
         self.tiers_by_host = tiers_by_host or {}
         # every host's moves from the deltas (one tuple per delta, in order) until the host's
         # fabric takes the other hosts' in (take_traffic): one background batch per transfer
@@ -69,8 +71,8 @@ class PoolSide:
     def move(self, tier: int, to_pool: bool, nbytes: int, t_ns: float) -> None:
         """Bytes moved between the pool and this host's tier `tier` at t_ns: OP_MOVE ops (the
         tier index in `key`, the direction in `shared`), of at most MAX_BLOCK_BYTES each since a
-        move's bytes travel in an op's nbytes."""
-        while nbytes > 0:
+        move's bytes travel in an op's nbytes. Nothing when the hosts do not share traffic."""
+        while nbytes > 0 and self.shares_traffic:
             part = min(nbytes, MAX_BLOCK_BYTES)
             self.ops.append(PoolOp(t_ns, self.host, self._seq, OP_MOVE, tier, part, to_pool))
             self._seq += 1
