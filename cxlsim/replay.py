@@ -25,7 +25,8 @@ from .policies import make_policy
 from .serving.cost import DEFAULT_MBU, DEFAULT_MFU, DEFAULT_RESERVE, Deployment, default_tp
 from .serving.host import RequestLog, ServingHost
 from .serving.kvtiers import Tier, TieredKV
-from .serving.metrics import CSV_COLUMNS, fabric_summary, latency_summary, request_table
+from .serving.metrics import (CSV_COLUMNS, fabric_summary, latency_summary, percentiles,
+                              request_table)
 from .serving.pooltier import PoolSide
 from .serving.scheduler import DEFAULT_MAX_BATCH, DEFAULT_TOKEN_BUDGET, SchedulerConfig
 from .tomlfile import read_toml
@@ -477,8 +478,28 @@ def _run_pooled(cfg, dep, sched, topo, trace, wall0, progress, closed_form, clie
                       "taken_in_bytes": sum(s.taken_in_bytes for s in sides),
                       "mode": "in-process" if client is None else f"host {only} of a pool server"}}
     rows = None if client is None else owner == only    # a host process reports its own requests
-    return _result(cfg, dep, trace, log, servers, kvs, _MergedFabric(fabrics), topo, tiers, wall0,
-                   extra, rows)
+    result = _result(cfg, dep, trace, log, servers, kvs, _MergedFabric(fabrics), topo, tiers,
+                     wall0, extra, rows)
+    result.summary["pool"]["per_host"] = _per_host(result.table, servers, sides)
+    return result
+
+
+def _per_host(table: dict, servers: list[ServingHost], sides: list[PoolSide]) -> list[dict]:
+    """Each host's share of a pooled replay (the hosts this process ran): where load and latency
+    pile up when requests are routed by session or prefix."""
+    out = []
+    for server, side in zip(servers, sides):
+        rows = table["host"] == server.id
+        done = rows & ~np.isnan(table["finish_ms"])
+        out.append({"host": server.id, "requests": int(rows.sum()), "completed": int(done.sum()),
+                    "ttft_ms": percentiles(table["ttft_ms"][done]),
+                    "tpot_ms": percentiles(table["tpot_ms"][done]),
+                    "prefill_tokens_saved": int(table["prefix_tokens"][rows].sum()),
+                    "loaded_bytes": int(table["loaded_bytes"][rows].sum()),
+                    "accelerator_busy_s": server.busy_ns / 1e9,
+                    "puts": side.puts, "touches": side.touches, "rejected_ops": side.rejected,
+                    "taken_in_bytes": side.taken_in_bytes})
+    return out
 
 
 def _progress(n: int, cfg: ReplayConfig, enabled: bool):

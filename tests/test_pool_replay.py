@@ -87,6 +87,8 @@ def test_four_host_processes_equal_in_process_replay(tmp_path, trace, extra, non
     # the pool's counters, summed over the host processes (a host counts its own ops)
     for counter in ("puts", "touches", "rejected_ops", "taken_in_bytes"):
         assert sum(s["pool"][counter] for s in hosts) == summary["pool"][counter], counter
+    # each host process's own share is the in-process run's entry for that host
+    assert [s["pool"]["per_host"] for s in hosts] == [[e] for e in summary["pool"]["per_host"]]
     assert summary["pool"][nonzero] > 0          # what this case is for does happen
 
 

@@ -173,3 +173,22 @@ def test_no_contention_reaches_the_config_and_the_job_tag(tmp_path):
     off = config_from_args(parser.parse_args([trace, "--hosts", "4", "--no-contention"]))
     assert (on.contention, off.contention) == (True, False)
     assert on.job_tag(read_trace(on)) != off.job_tag(read_trace(off))
+
+
+def test_a_pooled_replay_breaks_its_totals_down_by_host():
+    from cxlsim.replay import ReplayConfig, run_replay
+    trace = Path(__file__).resolve().parents[1] / "traces" / "synth_small.jsonl"
+    summary = run_replay(ReplayConfig(trace=str(trace), hosts=4, cxl_gib=1.0, assign="prefix",
+                                      topology="kv-pool-4host")).summary
+    per_host = summary["pool"]["per_host"]
+    assert [e["host"] for e in per_host] == [0, 1, 2, 3]
+    for field, total in [("requests", summary["requests"]["total"]),
+                         ("completed", summary["requests"]["completed"]),
+                         ("prefill_tokens_saved", summary["prefill_tokens_saved"]),
+                         ("puts", summary["pool"]["puts"]),
+                         ("touches", summary["pool"]["touches"]),
+                         ("taken_in_bytes", summary["pool"]["taken_in_bytes"])]:
+        assert sum(e[field] for e in per_host) == total, field
+    assert sum(e["accelerator_busy_s"] for e in per_host) == pytest.approx(
+        summary["accelerator_busy_s"])
+    assert len({e["requests"] for e in per_host}) > 1       # prefix routing: uneven shares
