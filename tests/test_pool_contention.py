@@ -124,7 +124,8 @@ def test_moves_reach_every_host_in_application_order():
                1: [PoolOp(2.0, 1, 0, OP_MOVE, 0, 100, False),
                    PoolOp(7.0, 1, 1, OP_MOVE, 64, 100, False),      # no such tier: refused
                    PoolOp(8.0, 1, 2, OP_MOVE, 0, 0, True),          # no bytes: refused
-                   PoolOp(9.0, 1, 3, OP_MOVE, -1, 10, True)],       # no such tier: refused
+                   PoolOp(9.0, 1, 3, OP_MOVE, -1, 10, True),        # no such tier: refused
+                   PoolOp(1e300, 1, 4, OP_MOVE, 0, 10, True)],      # no such time: refused
                2: []}
         if not per_host:
             return p.exchange_all(0, ops)
@@ -136,8 +137,8 @@ def test_moves_reach_every_host_in_application_order():
     delta = run(per_host=False)
     assert delta.traffic == (Traffic(2.0, 1, 0, False, 100), Traffic(5.0, 0, 1, True, 4096))
     assert delta.added == (9,)
-    assert [(h, s) for h, s, _ in delta.rejected] == [(1, 1), (1, 2), (1, 3)]
-    assert all("tier index" in why for _, _, why in delta.rejected)
+    assert [(h, s) for h, s, _ in delta.rejected] == [(1, 1), (1, 2), (1, 3), (1, 4)]
+    assert all("a move needs a tier index" in why for _, _, why in delta.rejected)
     assert run(per_host=True).traffic == delta.traffic
 
 

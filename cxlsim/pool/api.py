@@ -53,6 +53,7 @@ OP_FREE = "free"      # the host no longer needs its private block / its referen
 OP_MOVE = "move"
 OP_KINDS = (OP_PUT, OP_TOUCH, OP_FREE, OP_MOVE)
 MAX_TIERS = 64        # a move names one of its host's tiers by index, below this
+MAX_MOVE_NS = 1e18    # and happens before this (the fabric's bound on start times, csrc/fabric.c)
 
 
 class PoolOp(NamedTuple):

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import CoreError, PoolError
 from ..index import BlockIndex, TierSpec
-from .api import (MAX_TIERS, OP_FREE, OP_KINDS, OP_MOVE, OP_PUT, OP_TOUCH, DeltaMerger, PoolDelta,
+from .api import (MAX_MOVE_NS, MAX_TIERS, OP_FREE, OP_KINDS, OP_MOVE, OP_PUT, OP_TOUCH, DeltaMerger, PoolDelta,
                   PoolOp, Release, Traffic)
 
 MAX_HOSTS = 64
@@ -511,9 +511,10 @@ class LocalPool:
         elif op.kind == OP_FREE:
             self._free(op.host, self._key(op.key))
         elif op.kind == OP_MOVE:
-            if not 0 <= op.key < MAX_TIERS or op.nbytes <= 0:
-                raise PoolError(f"a move needs a tier index below {MAX_TIERS} and bytes > 0, got "
-                                f"tier {op.key}, {op.nbytes} B")
+            if not 0 <= op.key < MAX_TIERS or op.nbytes <= 0 or not op.t_ns < MAX_MOVE_NS:
+                raise PoolError(f"a move needs a tier index below {MAX_TIERS}, bytes > 0 and a "
+                                f"time below {MAX_MOVE_NS:g} ns, got tier {op.key}, {op.nbytes} B "
+                                f"at {op.t_ns:g} ns")
             self._traffic.append(Traffic(op.t_ns, op.host, op.key, bool(op.shared), op.nbytes))
         else:
             raise PoolError(f"unknown op kind {op.kind!r} (known: {', '.join(OP_KINDS)})")
