@@ -49,7 +49,9 @@ def rows(path: Path) -> list[dict]:
     # results that depend on the pool traffic hosts take in from each other
     # (test_pool_contention): the server must hand every host's moves to every host
     ("synth_medium.jsonl", ["--cxl-gib", "2048"], "taken_in_bytes"),
-], ids=["default", "pool-hits", "pool-full-prefix-lru", "medium-contention"])
+    # the same behind one multi-headed device (no switch), docs/multihost.md's second case
+    ("synth_medium.jsonl", ["--topology", "cxl-mhd-4host", "--cxl-gib", "64"], "taken_in_bytes"),
+], ids=["default", "pool-hits", "pool-full-prefix-lru", "medium-contention", "mhd-contention"])
 def test_four_host_processes_equal_in_process_replay(tmp_path, trace, extra, nonzero):
     why = replay_missing()
     if why:
