@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, PoolError
 from .fabric import Fabric
 from .hardware import load_accelerator, load_model
 from .policies import make_policy
@@ -336,20 +336,27 @@ class _MergedFabric:
 
 
 def run_quanta(servers: list[ServingHost], sides: list[PoolSide], exchange, quantum_ns: float,
-               on_barrier=None) -> int:
+               on_barrier=None, hand_in=None, release=None) -> int:
     """Advance hosts barrier by barrier. `exchange(seq, ops_by_host, next_ns_by_host)` is the
     barrier; the pool's delta says how far to run next (`run_until_ns`: the end of the quantum
     holding the earliest next event of ANY host, so idle stretches cost no barriers, the same
     in every process). A host process whose pool parked it through barriers in which it had
     nothing to do gets one merged delta, so `seq` follows the delta, not a local count.
+    A host process may split the barrier into `hand_in(seq, ops_by_host, next_ns_by_host)` and
+    `release()`, and then runs its next quantum between the two (_run_ahead).
     Returns the number of barriers exchanged."""
     def barrier(seq):
         for srv in servers:
             srv.kv.flush()                     # transfers held back go out before the hand-in
-        delta = exchange(seq, {s.host: s.take_ops() for s in sides},
-                         {srv.id: srv.loop.peek_time() for srv in servers})
-        for side in sides:
-            side.apply(delta)
+        ops = {s.host: s.take_ops() for s in sides}
+        nexts = {srv.id: srv.loop.peek_time() for srv in servers}
+        if hand_in is not None:
+            hand_in(seq, ops, nexts)
+            delta = _run_ahead(servers[0], sides[0], release, quantum_ns)
+        else:
+            delta = exchange(seq, ops, nexts)
+            for side in sides:
+                side.apply(delta)
         if on_barrier is not None:
             on_barrier()
         return delta
@@ -364,6 +371,25 @@ def run_quanta(servers: list[ServingHost], sides: list[PoolSide], exchange, quan
     for side in sides:
         side.settle()                          # the last delta's changes count (rejections)
     return delta.quantum + 1
+
+
+def _run_ahead(server: ServingHost, side: PoolSide, release, quantum_ns: float):
+    """Run the host's next quantum while its release is on the way; its release. The pool
+    releases a host for the quantum holding its next event (every earlier event of any host
+    lies in that quantum or before it), so the host knows how far it will run before it is
+    told. An event that must look at the pool (PoolSide.settle) fetches the release there and
+    waits for the pool's changes; the others run meanwhile, off the barrier chain."""
+    side.await_release(release)
+    upcoming = server.loop.peek_time()
+    if math.isfinite(upcoming):
+        ahead = (upcoming // quantum_ns + 1) * quantum_ns
+        server.loop.run(until=ahead)
+    delta = side.take_release()
+    if math.isfinite(upcoming) and delta.run_until_ns != ahead:
+        raise PoolError(f"the pool released host {side.host} to run until {delta.run_until_ns:g} "
+                        f"ns; its next event at {upcoming:g} ns lies in the quantum ending at "
+                        f"{ahead:g} ns, which it ran ahead")
+    return delta
 
 
 def _run_alone(server: ServingHost, side: PoolSide, until: float, horizon: float,
@@ -453,6 +479,9 @@ def _run_pooled(cfg, dep, sched, topo, trace, wall0, progress, closed_form, clie
 
         def exchange(seq, ops, nexts):
             return client.exchange_lazy(only, seq, ops[only], nexts[only])
+
+        def hand_in(seq, ops, nexts):
+            client.hand_in(only, seq, ops[only], nexts[only])
         if wait_for_hosts is not None:
             wait_for_hosts()
     bar = _progress(int(sum(np.isin(owner, list(mine)))), cfg, progress)
@@ -463,7 +492,11 @@ def _run_pooled(cfg, dep, sched, topo, trace, wall0, progress, closed_form, clie
         server.start()
     # a host process runs by the server's quantum (the one its schedule uses), equal to ours
     quantum_ns = cfg.quantum_us * 1e3 if client is None else client.quantum_ns
-    barriers = run_quanta(servers, sides, exchange, quantum_ns)
+    if client is None:
+        barriers = run_quanta(servers, sides, exchange, quantum_ns)
+    else:
+        barriers = run_quanta(servers, sides, exchange, quantum_ns, hand_in=hand_in,
+                              release=client.release)
     if bar is not None:
         bar.close()
     for server, kv in zip(servers, kvs):

@@ -358,3 +358,44 @@ def test_ops_that_tie_apply_in_hand_in_order():
     assert delta.rejected == () and delta.added == () and p.lookup(0, [5]) == 0
     again = p.exchange_all(1, {0: tied[::-1]})           # a free of nothing, then the put
     assert len(again.rejected) == 1 and again.added == (5,)
+
+
+def test_a_host_runs_its_next_quantum_ahead_of_its_release():
+    """replay._run_ahead: after handing in, a host runs the quantum holding its next event (the
+    one the pool will release it for) before the release comes, fetching the release only when
+    an event looks at the pool; a release for another quantum is a clear error."""
+    from cxlsim.pool.api import PoolDelta
+    from cxlsim.replay import _run_ahead
+    from cxlsim.serving.pooltier import PoolSide
+
+    class Host:                       # a serving host's event loop, reduced to what is used
+        def __init__(self, side, looks):
+            self.side, self.looks, self.ran_until, self.loop = side, looks, None, self
+
+        def peek_time(self):
+            return 1500.0
+
+        def run(self, until):
+            if self.looks:
+                self.seen = 7 in self.side       # an admission looking at the pool's keys
+            self.ran_until = until
+
+    for looks in (False, True):
+        fetched = []
+        side = PoolSide(0, "pool", 1)
+        host = Host(side, looks)
+
+        def release():
+            fetched.append(host.ran_until)
+            return PoolDelta(3, (7,), (), run_until_ns=2000.0)
+        delta = _run_ahead(host, side, release, 1000.0)
+        assert host.ran_until == 2000.0 and delta.run_until_ns == 2000.0 and 7 in side.mirror
+        # fetched after the run when nothing looked, inside it when an event did
+        assert fetched == ([None] if looks else [2000.0])
+        if looks:
+            assert host.seen
+    side = PoolSide(0, "pool", 1)
+    with pytest.raises(PoolError, match="released host 0 to run until 3000 ns; its next event "
+                                        "at 1500 ns lies in the quantum ending at 2000 ns"):
+        _run_ahead(Host(side, False), side, lambda: PoolDelta(3, (), (), run_until_ns=3000.0),
+                   1000.0)

@@ -592,3 +592,33 @@ def test_a_reply_with_the_wrong_number_of_items_is_a_clear_error(monkeypatch):
         srv.stop()
         thread.join(10)
         srv.close()
+
+
+@pytest.mark.parametrize("use_shm", [False, True], ids=["stream", "mailbox"])
+def test_hand_in_then_release_and_a_request_between_them(use_shm):
+    """hand_in sends and returns; release() is its answer. A host parked by its hand-in gets the
+    release the host completing the barrier brings; a request made between the two (a keep-alive
+    heartbeat, stats) receives the release first and keeps it for release(). Out of order: a
+    clear error."""
+    put = [PoolOp(500.0, 1, 0, "put", 42, 4096, True)]
+    with pool_server(capacity_bytes=MIB) as (ep, proc, log):
+        a, b = (PoolClient(ep, h, timeout_s=5.0, use_shm=use_shm) for h in (0, 1))
+        try:
+            a.attach(0, 0)
+            b.attach(1, 0)
+            with pytest.raises(PoolError, match="without a hand-in"):
+                a.release()
+            a.hand_in(0, 0, [], 5e6)                  # parked: host 1 has work before it
+            with pytest.raises(PoolError, match="before receiving the release"):
+                a.hand_in(0, 1, [], 5e6)
+            assert b.exchange(1, 0, [], 1e3).run_until_ns == 1e6
+            full = b.exchange(1, 1, put, 5.5e6)       # releases host 0 too
+            assert a.stats()["quantum"] == 2          # the release is received first, and kept
+            got = a.release()
+            delta = got.result() if isinstance(got, LazyDelta) else got
+            assert delta.added == full.added == (42,) and delta.run_until_ns == 6e6
+            with pytest.raises(PoolError, match="without a hand-in"):
+                a.release()
+        finally:
+            a.close()
+            b.close()

@@ -96,6 +96,9 @@ class PoolClient:
         self._seq = 0
         self._horizon_ns = math.inf        # earliest next event of the other hosts, last we heard
         self._owed = None                   # (LazyDelta, request id, mailed, quantum) to receive
+        # a hand-in waiting for its release (hand_in), and a release received for it early
+        self._handed: tuple | None = None   # (request id, mailed, quantum, soon)
+        self._early_release = None
         self._wake = None                   # this host's wake socket, beside a local stream
         self._horizon_host = -1             # the host holding _horizon_ns, last we heard
         #: times a parked wait of this host was ended early by another host's ring (wake-up)
@@ -136,6 +139,8 @@ class PoolClient:
     def _send(self, cmd: str, args: dict, frames=(), mailbox_ok: bool = False) -> int:
         """Send a request; its id. With mailbox_ok, it goes through the mailbox where it can
         (`self._mailed` says whether it did)."""
+        if self._handed is not None:         # a hand-in's release comes first
+            self._early_release = self._receive_release()
         if self._owed is not None:           # the reply to an exchange comes first
             self._settle_owed()
         self._last_request = time.monotonic()
@@ -470,6 +475,7 @@ class PoolClient:
     def close(self) -> None:
         self._stop_keepalive()
         self._owed = None                    # a LazyDelta still waiting says it never came
+        self._handed = self._early_release = None
         self._drop_stream()
         if self._sock is not None:
             self._sock.close(0)
@@ -825,6 +831,14 @@ class PoolClient:
         changes arrive while the host runs (`result()` waits for them; so does this client's
         next request). A host that looks at the pool only when it must (PoolSide) runs its
         quantum while the server applies the barrier's ops."""
+        self.hand_in(host, quantum, ops, next_ns)
+        return self.release()
+
+    def hand_in(self, host: int, quantum: int, ops: list[PoolOp],
+                next_ns: float | None = None) -> None:
+        """The first half of exchange_lazy: send the hand-in and return at once. release()
+        waits for its release; meanwhile the host may run what needs no pool state (a
+        replay host runs its next quantum ahead: replay.run_quanta)."""
         self._me(host)
         for op in ops:
             if op.host != host:
@@ -836,6 +850,9 @@ class PoolClient:
         if next_ns is not None and not math.isfinite(next_ns):
             next_ns = None
         with self._lock:          # the keep-alive thread waits: exchange sends its own heartbeats
+            if self._handed is not None or self._early_release is not None:
+                raise PoolError(f"host {host} handed in quantum {quantum} before receiving the "
+                                f"release of its last hand-in")
             self._drain_wake()           # a ring from before this hand-in is stale
             req = self._send("exchange", {"quantum": int(quantum), "ops": wire,
                                           "next_ns": None if next_ns is None else float(next_ns)},
@@ -845,11 +862,26 @@ class PoolClient:
             # poll, not sleep, when the release should come at once: this host's next event
             # is the earliest of all it knows of
             soon = next_ns is not None and next_ns < self._horizon_ns
-            got = self._await_release(req, mailed, quantum, soon, early=True)
-            if isinstance(got, Release):
-                got = LazyDelta(got, self._settle_owed)
-                self._owed = (got, req, mailed, quantum)
+            self._handed = (req, mailed, quantum, soon)
+
+    def release(self) -> PoolDelta | LazyDelta:
+        """The second half of exchange_lazy: the release of the last hand_in."""
+        with self._lock:
+            got, self._early_release = self._early_release, None
+            if got is None:
+                if self._handed is None:
+                    raise PoolError("release() without a hand-in waiting for one")
+                got = self._receive_release()
         self._horizon_ns = got.horizon_ns
+        return got
+
+    def _receive_release(self):
+        """Wait for the release of the waiting hand-in (under the lock)."""
+        (req, mailed, quantum, soon), self._handed = self._handed, None
+        got = self._await_release(req, mailed, quantum, soon, early=True)
+        if isinstance(got, Release):
+            got = LazyDelta(got, self._settle_owed)
+            self._owed = (got, req, mailed, quantum)
         return got
 
     def _settle_owed(self) -> None:

@@ -50,9 +50,12 @@ class PoolSide:
         self.puts = self.touches = 0
         self.rejected = 0
         self._lazy: LazyDelta | None = None      # a delta whose pool changes are not in yet
+        # while the host runs ahead of its release (replay.run_quanta): what brings the release
+        self._release_source = None
+        self.released: PoolDelta | LazyDelta | None = None   # the release it brought
 
     def __contains__(self, key: int) -> bool:
-        if self._lazy is not None:
+        if self._lazy is not None or self._release_source is not None:
             self.settle()
         return key in self.mirror
 
@@ -80,13 +83,32 @@ class PoolSide:
 
     @property
     def lazy(self) -> bool:
-        """Whether a delta was given whose changes are not applied yet (settle applies them)."""
-        return self._lazy is not None
+        """Whether a delta was given whose changes are not applied yet, or its release has not
+        come (settle applies them)."""
+        return self._lazy is not None or self._release_source is not None
+
+    def await_release(self, source) -> None:
+        """The host runs ahead of its release: `source()` brings it (a PoolDelta or LazyDelta),
+        which the side fetches and applies when it must look at the pool (settle), or when
+        `take_release` asks for it."""
+        self._release_source = source
+
+    def take_release(self) -> PoolDelta | LazyDelta:
+        """The release awaited (fetched now if the host has not needed it yet)."""
+        if self._release_source is not None:
+            self._fetch_release()
+        released, self.released = self.released, None
+        return released
+
+    def _fetch_release(self) -> None:
+        source, self._release_source = self._release_source, None
+        self.released = source()
+        self.apply(self.released)
 
     def take_traffic(self) -> list[Traffic]:
         """The other hosts' moves received so far (the delta a LazyDelta brings included), in
         order; they are the caller's to take in."""
-        if self._lazy is not None:
+        if self._lazy is not None or self._release_source is not None:
             self.settle()
         me = self.host
         traffic = [tr for part in self.traffic_in for tr in part if tr.host != me]
@@ -102,8 +124,8 @@ class PoolSide:
                                        if tr.host != me)
 
     def take_ops(self) -> list[PoolOp]:
-        if self._lazy is not None:       # the last barrier's changes go in before the next
-            self.settle()
+        if self._lazy is not None or self._release_source is not None:
+            self.settle()                # the last barrier's changes go in before the next
         ops, self.ops = self.ops, []
         return ops
 
@@ -120,7 +142,10 @@ class PoolSide:
             self.traffic_in.append(delta.traffic)
 
     def settle(self) -> None:
-        """Apply a LazyDelta given to apply(), once its pool changes are in (waits for them)."""
+        """Apply a LazyDelta given to apply(), once its pool changes are in (waits for them),
+        after fetching the release awaited, if any."""
+        if self._release_source is not None:
+            self._fetch_release()
         lazy, self._lazy = self._lazy, None
         if lazy is not None:
             self.apply(lazy.result())
