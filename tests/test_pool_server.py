@@ -622,3 +622,34 @@ def test_hand_in_then_release_and_a_request_between_them(use_shm):
         finally:
             a.close()
             b.close()
+
+
+def test_a_refused_hand_in_is_raised_by_release_even_if_a_heartbeat_received_it():
+    with pool_server(capacity_bytes=MIB) as (ep, proc, log):
+        a = PoolClient(ep, 0, timeout_s=5.0, keepalive=False)
+        try:
+            a.attach(0, 0)
+            a.hand_in(0, 7, [], 5e6)                  # the pool is at barrier 0: refused
+            a.heartbeat(0)                            # receives the refusal first
+            with pytest.raises(PoolError, match="handed in quantum 7, the pool is at quantum 0"):
+                a.release()
+        finally:
+            a.close()
+
+
+def test_a_host_that_detaches_while_its_hand_in_waits_does_not_wait_for_the_release():
+    """A host that fails while running ahead detaches at once: the others go on without it."""
+    with pool_server(capacity_bytes=MIB) as (ep, proc, log):
+        a, b = (PoolClient(ep, h, timeout_s=5.0) for h in (0, 1))
+        try:
+            a.attach(0, 0)
+            b.attach(1, 0)
+            a.hand_in(0, 0, [], 5e6)                  # parked: host 1 has work first
+            assert b.exchange(1, 0, [], 1e3).run_until_ns == 1e6
+            start = time.monotonic()
+            a.detach(0)
+            assert time.monotonic() - start < 2.0     # (it would wait for host 1 otherwise)
+            assert b.exchange(1, 1, [], 5.5e6).run_until_ns == 6e6
+        finally:
+            a.close()
+            b.close()

@@ -19,6 +19,7 @@ Requests are serialised by a lock, so a client may also be shared between thread
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import select
@@ -139,8 +140,14 @@ class PoolClient:
     def _send(self, cmd: str, args: dict, frames=(), mailbox_ok: bool = False) -> int:
         """Send a request; its id. With mailbox_ok, it goes through the mailbox where it can
         (`self._mailed` says whether it did)."""
-        if self._handed is not None:         # a hand-in's release comes first
-            self._early_release = self._receive_release()
+        if self._handed is not None:         # a hand-in's release comes first...
+            if cmd == "detach":              # ...unless the host leaves the barrier
+                self._handed = None
+            else:
+                try:
+                    self._early_release = self._receive_release()
+                except PoolError as exc:     # (perhaps in the keep-alive thread): release()
+                    self._early_release = _kept(exc)     # raises it
         if self._owed is not None:           # the reply to an exchange comes first
             self._settle_owed()
         self._last_request = time.monotonic()
@@ -868,6 +875,8 @@ class PoolClient:
         """The second half of exchange_lazy: the release of the last hand_in."""
         with self._lock:
             got, self._early_release = self._early_release, None
+            if isinstance(got, Exception):
+                raise got
             if got is None:
                 if self._handed is None:
                     raise PoolError("release() without a hand-in waiting for one")
@@ -894,7 +903,7 @@ class PoolClient:
                 try:
                     lazy.deliver(self._await_release(req, mailed, quantum, True, early=False))
                 except PoolError as exc:    # the keep-alive thread may be the one receiving
-                    lazy.fail(exc)
+                    lazy.fail(_kept(exc))
                     raise
 
     def _await_release(self, req: int, mailed: bool, quantum: int, soon: bool, early: bool):
@@ -942,6 +951,15 @@ class PoolClient:
             if not hb_out and time.monotonic() >= slice_end:   # a long wait: say we are alive
                 self._send("heartbeat", {})
                 hb_out = True
+
+
+def _kept(exc: Exception) -> Exception:
+    """An error to raise later, without the frames it was raised in: they may hold views of the
+    shared-memory window, and an error kept past close() would keep them after the window is
+    unmapped (a crash when the garbage collector reaches them)."""
+    kept = copy.copy(exc)            # (the original goes on up with its frames)
+    kept.__context__ = kept.__cause__ = None
+    return kept.with_traceback(None)
 
 
 def delta_from_wire(d) -> PoolDelta:
