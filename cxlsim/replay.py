@@ -350,7 +350,8 @@ def run_quanta(servers: list[ServingHost], sides: list[PoolSide], exchange, quan
             srv.kv.flush()                     # transfers held back go out before the hand-in
         ops = {s.host: s.take_ops() for s in sides}
         nexts = {srv.id: srv.loop.peek_time() for srv in servers}
-        if hand_in is not None:
+        if hand_in is not None:                # (a host process: one host)
+            assert len(servers) == len(sides) == 1
             hand_in(seq, ops, nexts)
             delta = _run_ahead(servers[0], sides[0], release, quantum_ns)
         else:
@@ -385,7 +386,7 @@ def _run_ahead(server: ServingHost, side: PoolSide, release, quantum_ns: float):
         ahead = (upcoming // quantum_ns + 1) * quantum_ns
         server.loop.run(until=ahead)
     delta = side.take_release()
-    if math.isfinite(upcoming) and delta.run_until_ns != ahead:
+    if math.isfinite(upcoming) and delta.run_until_ns < ahead:    # (later: run_quanta runs on)
         raise PoolError(f"the pool released host {side.host} to run until {delta.run_until_ns:g} "
                         f"ns; its next event at {upcoming:g} ns lies in the quantum ending at "
                         f"{ahead:g} ns, which it ran ahead")

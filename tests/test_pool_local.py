@@ -395,7 +395,15 @@ def test_a_host_runs_its_next_quantum_ahead_of_its_release():
         if looks:
             assert host.seen
     side = PoolSide(0, "pool", 1)
-    with pytest.raises(PoolError, match="released host 0 to run until 3000 ns; its next event "
+    side.await_release(lambda: PoolDelta(3, (), ()))
+    assert side.lazy                  # a transfer across the pool's links fetches it first
+    # a release for a later end is fine (run_quanta runs on to it); an earlier one is not
+    side = PoolSide(0, "pool", 1)
+    later = _run_ahead(Host(side, False), side, lambda: PoolDelta(3, (), (), run_until_ns=3e3),
+                       1000.0)
+    assert later.run_until_ns == 3e3
+    side = PoolSide(0, "pool", 1)
+    with pytest.raises(PoolError, match="released host 0 to run until 1000 ns; its next event "
                                         "at 1500 ns lies in the quantum ending at 2000 ns"):
-        _run_ahead(Host(side, False), side, lambda: PoolDelta(3, (), (), run_until_ns=3000.0),
+        _run_ahead(Host(side, False), side, lambda: PoolDelta(3, (), (), run_until_ns=1e3),
                    1000.0)

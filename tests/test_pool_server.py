@@ -613,8 +613,14 @@ def test_hand_in_then_release_and_a_request_between_them(use_shm):
                 a.hand_in(0, 1, [], 5e6)
             assert b.exchange(1, 0, [], 1e3).run_until_ns == 1e6
             full = b.exchange(1, 1, put, 5.5e6)       # releases host 0 too
-            assert a.stats()["quantum"] == 2          # the release is received first, and kept
-            got = a.release()
+            a.stats()                                 # receives the release first, and keeps it
+            import threading
+            out = []                                  # (lost, release() would wait for good)
+            waiter = threading.Thread(target=lambda: out.append(a.release()), daemon=True)
+            waiter.start()
+            waiter.join(10)
+            assert out, "release() did not return: the request before it lost the release"
+            got = out[0]
             delta = got.result() if isinstance(got, LazyDelta) else got
             assert delta.added == full.added == (42,) and delta.run_until_ns == 6e6
             with pytest.raises(PoolError, match="without a hand-in"):

@@ -881,7 +881,7 @@ class PoolClient:
                 if self._handed is None:
                     raise PoolError("release() without a hand-in waiting for one")
                 got = self._receive_release()
-        self._horizon_ns = got.horizon_ns
+            self._horizon_ns = got.horizon_ns
         return got
 
     def _receive_release(self):

@@ -19,6 +19,8 @@ device other hosts' pool traffic uses (TieredKV settles first, for the traffic; 
 waits for is held back instead, to its next transfer or hand-in). So the side applies such a
 delta at the first of those, or before the next hand-in, and results stay those of a delta
 applied at once; meanwhile the host runs its quantum while the server applies the barrier's ops.
+A host process even runs its next quantum before its release comes (replay._run_ahead): then the
+same points (and `lazy`, which TieredKV asks) fetch the release first (await_release).
 """
 from __future__ import annotations
 
