@@ -113,8 +113,7 @@ class TieredKV:
         key = ("pool", to_pool, tier)
         rid = self._routes.get(key)
         if rid is None:
-            a, b = self.pool.endpoint, self.tiers[tier].endpoint
-            rid = self._routes[key] = self.fabric.route(*((b, a) if to_pool else (a, b)))
+            rid = self._routes[key] = self._pool_route_of(self.tiers[tier].endpoint, to_pool)
             self._pool_flows[rid] = (tier, to_pool)
         return rid
 
@@ -138,9 +137,13 @@ class TieredKV:
                 raise PoolError(f"host {host} moved bytes through its tier {tier}, and this "
                                 f"replay gives it {len(tiers)} tiers: do the hosts run with one "
                                 f"topology and policy?")
-            a, b = self.pool.endpoint, tiers[tier]
-            rid = self._peer_routes[key] = self.fabric.route(*((b, a) if to_pool else (a, b)))
+            rid = self._peer_routes[key] = self._pool_route_of(tiers[tier], to_pool)
         return rid
+
+    def _pool_route_of(self, endpoint: str, to_pool: bool) -> int:
+        """The fabric route between a tier's endpoint and the pool, in the given direction."""
+        pool = self.pool.endpoint
+        return self.fabric.route(endpoint, pool) if to_pool else self.fabric.route(pool, endpoint)
 
     def _shares_with_peers(self, route: int) -> bool:
         """Whether a route of this host crosses a resource other hosts' pool traffic uses (its
@@ -181,15 +184,14 @@ class TieredKV:
             self.flush()
         pool = self.pool
         if pool is not None:
+            self._record_moves(items, t)
             if (pool.lazy or pool.traffic_in) and any(self._shares_with_peers(r) for r, _ in items):
                 if pool.lazy and not awaited:
-                    self._record_moves(items, t)
                     self._unissued.append((items, t))
                     return t
                 traffic = pool.take_traffic()     # the other hosts' moves go in first
                 if traffic:
                     self._take_in(traffic)
-            self._record_moves(items, t)
         return self._issue(items, t)
 
     def flush(self) -> None:

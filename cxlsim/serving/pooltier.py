@@ -54,10 +54,10 @@ class PoolSide:
         self._lazy: LazyDelta | None = None      # a delta whose pool changes are not in yet
         # while the host runs ahead of its release (replay.run_quanta): what brings the release
         self._release_source = None
-        self.released: PoolDelta | LazyDelta | None = None   # the release it brought
+        self._released: PoolDelta | LazyDelta | None = None   # the release it brought
 
     def __contains__(self, key: int) -> bool:
-        if self._lazy is not None or self._release_source is not None:
+        if self.lazy:
             self.settle()
         return key in self.mirror
 
@@ -99,21 +99,20 @@ class PoolSide:
         """The release awaited (fetched now if the host has not needed it yet)."""
         if self._release_source is not None:
             self._fetch_release()
-        released, self.released = self.released, None
+        released, self._released = self._released, None
         return released
 
     def _fetch_release(self) -> None:
         source, self._release_source = self._release_source, None
-        self.released = source()
-        self.apply(self.released)
+        self._released = source()
+        self.apply(self._released)
 
     def take_traffic(self) -> list[Traffic]:
         """The other hosts' moves received so far (the delta a LazyDelta brings included), in
         order; they are the caller's to take in."""
-        if self._lazy is not None or self._release_source is not None:
+        if self.lazy:
             self.settle()
-        me = self.host
-        traffic = [tr for part in self.traffic_in for tr in part if tr.host != me]
+        traffic = list(self._from_others())
         self.traffic_in = []
         self._taken_bytes += sum(tr.nbytes for tr in traffic)
         return traffic
@@ -121,12 +120,15 @@ class PoolSide:
     @property
     def taken_in_bytes(self) -> int:
         """The other hosts' moved bytes this host received, taken in or not yet."""
+        return self._taken_bytes + sum(tr.nbytes for tr in self._from_others())
+
+    def _from_others(self):
+        """The other hosts' moves in traffic_in, in order."""
         me = self.host
-        return self._taken_bytes + sum(tr.nbytes for part in self.traffic_in for tr in part
-                                       if tr.host != me)
+        return (tr for part in self.traffic_in for tr in part if tr.host != me)
 
     def take_ops(self) -> list[PoolOp]:
-        if self._lazy is not None or self._release_source is not None:
+        if self.lazy:
             self.settle()                # the last barrier's changes go in before the next
         ops, self.ops = self.ops, []
         return ops
