@@ -336,61 +336,99 @@ class _MergedFabric:
 
 
 def run_quanta(servers: list[ServingHost], sides: list[PoolSide], exchange, quantum_ns: float,
-               on_barrier=None, hand_in=None, release=None) -> int:
+               on_barrier=None, hand_in=None, release=None, hand_in_ahead=None) -> int:
     """Advance hosts barrier by barrier. `exchange(seq, ops_by_host, next_ns_by_host)` is the
     barrier; the pool's delta says how far to run next (`run_until_ns`: the end of the quantum
     holding the earliest next event of ANY host, so idle stretches cost no barriers, the same
     in every process). A host process whose pool parked it through barriers in which it had
     nothing to do gets one merged delta, so `seq` follows the delta, not a local count.
     A host process may split the barrier into `hand_in(seq, ops_by_host, next_ns_by_host)` and
-    `release()`, and then runs its next quantum between the two (_run_ahead).
+    `release()`, and then runs its next quantum between the two (_run_ahead); with
+    `hand_in_ahead(ops, next_ns, after_ns)` as well, it may hand in the
+    barrier after that one before its release comes (_hand_in_ahead).
     Returns the number of barriers exchanged."""
-    def barrier(seq):
-        for srv in servers:
-            srv.kv.flush()                     # transfers held back go out before the hand-in
-        ops = {s.host: s.take_ops() for s in sides}
-        nexts = {srv.id: srv.loop.peek_time() for srv in servers}
+    horizon = -math.inf                        # (the other hosts' earliest event, last heard)
+
+    def barrier(seq, handed=False):
+        if not handed:
+            for srv in servers:
+                srv.kv.flush()                 # transfers held back go out before the hand-in
+            ops = {s.host: s.take_ops() for s in sides}
+            nexts = {srv.id: srv.loop.peek_time() for srv in servers}
         if hand_in is not None:                # (a host process: one host)
             assert len(servers) == len(sides) == 1
-            hand_in(seq, ops, nexts)
-            delta = _run_ahead(servers[0], sides[0], release, quantum_ns)
+            if not handed:
+                hand_in(seq, ops, nexts)
+            delta, handed = _run_ahead(servers[0], sides[0], release, quantum_ns,
+                                       hand_in_ahead, horizon)
         else:
             delta = exchange(seq, ops, nexts)
             for side in sides:
                 side.apply(delta)
         if on_barrier is not None:
             on_barrier()
-        return delta
+        return delta, handed
 
-    delta = barrier(0)                         # agree on where the first work is
+    delta, handed = barrier(0)                 # agree on where the first work is
     while math.isfinite(delta.run_until_ns):
-        for srv in servers:
-            srv.loop.run(until=delta.run_until_ns)
-        if len(servers) == 1:
-            _run_alone(servers[0], sides[0], delta.run_until_ns, delta.horizon_ns, quantum_ns)
-        delta = barrier(delta.quantum + 1)
+        horizon = delta.horizon_ns
+        if not handed:
+            for srv in servers:
+                srv.loop.run(until=delta.run_until_ns)
+            if len(servers) == 1:
+                _run_alone(servers[0], sides[0], delta.run_until_ns, horizon, quantum_ns)
+        delta, handed = barrier(delta.quantum + 1, handed)
     for side in sides:
         side.settle()                          # the last delta's changes count (rejections)
     return delta.quantum + 1
 
 
-def _run_ahead(server: ServingHost, side: PoolSide, release, quantum_ns: float):
-    """Run the host's next quantum while its release is on the way; its release. The pool
-    releases a host for the quantum holding its next event (every earlier event of any host
-    lies in that quantum or before it), so the host knows how far it will run before it is
-    told. An event that must look at the pool (PoolSide.settle) fetches the release there and
-    waits for the pool's changes; the others run meanwhile, off the barrier chain."""
+def _run_ahead(server: ServingHost, side: PoolSide, release, quantum_ns: float,
+               hand_in_ahead=None, horizon: float = -math.inf):
+    """Run the host's next quantum while its release is on the way; (its release, whether the
+    barrier after it is handed in already). The pool releases a host for the quantum holding
+    its next event (every earlier event of any host lies in that quantum or before it), so the
+    host knows how far it will run before it is told. An event that must look at the pool
+    (PoolSide.settle) fetches the release there and waits for the pool's changes; the others
+    run meanwhile, off the barrier chain."""
     side.await_release(release)
     upcoming = server.loop.peek_time()
+    sent = None
     if math.isfinite(upcoming):
         ahead = (upcoming // quantum_ns + 1) * quantum_ns
         server.loop.run(until=ahead)
+        if hand_in_ahead is not None:
+            sent = _hand_in_ahead(server, side, hand_in_ahead, ahead, horizon, quantum_ns)
     delta = side.take_release()
     if math.isfinite(upcoming) and delta.run_until_ns < ahead:    # (later: run_quanta runs on)
         raise PoolError(f"the pool released host {side.host} to run until {delta.run_until_ns:g} "
                         f"ns; its next event at {upcoming:g} ns lies in the quantum ending at "
                         f"{ahead:g} ns, which it ran ahead")
-    return delta
+    if sent is None:
+        return delta, False
+    if delta.run_until_ns == ahead:           # the pool's rule too: it took the hand-in
+        return delta, True
+    side.ops = sent + side.ops                # not taken: they go in the usual hand-in
+    return delta, False
+
+
+def _hand_in_ahead(server: ServingHost, side: PoolSide, hand_in_ahead, ahead: float,
+                   horizon: float, quantum_ns: float) -> bool:
+    """After running ahead to `ahead` without looking at the pool: run on alone as far as the
+    other hosts' last known earliest event allows (it only grows, so no host has work there),
+    and hand in the barrier after the release still to come. The pool takes it if that
+    release runs this host to `ahead` (the usual case), so the next barrier needs no round
+    trip through this host; results equal a barrier at every quantum either way. Not done
+    once the host looked at the pool (it has its release then) or holds transfers back (they
+    must follow the other hosts' moves the release brings). The ops it handed in, or None."""
+    if not side.release_pending or server.kv.holding:
+        return None
+    _run_alone(server, side, ahead, horizon, quantum_ns)
+    if not side.release_pending or server.kv.holding:
+        return None
+    ops, side.ops = side.ops, []
+    hand_in_ahead(ops, server.loop.peek_time(), ahead)
+    return ops
 
 
 def _run_alone(server: ServingHost, side: PoolSide, until: float, horizon: float,
@@ -483,6 +521,9 @@ def _run_pooled(cfg, dep, sched, topo, trace, wall0, progress, closed_form, clie
 
         def hand_in(seq, ops, nexts):
             client.hand_in(only, seq, ops[only], nexts[only])
+
+        def hand_in_ahead(ops, next_ns, after_ns):
+            client.hand_in_ahead(only, ops, next_ns, after_ns)
         if wait_for_hosts is not None:
             wait_for_hosts()
     bar = _progress(int(sum(np.isin(owner, list(mine)))), cfg, progress)
@@ -497,7 +538,7 @@ def _run_pooled(cfg, dep, sched, topo, trace, wall0, progress, closed_form, clie
         barriers = run_quanta(servers, sides, exchange, quantum_ns)
     else:
         barriers = run_quanta(servers, sides, exchange, quantum_ns, hand_in=hand_in,
-                              release=client.release)
+                              release=client.release, hand_in_ahead=hand_in_ahead)
     if bar is not None:
         bar.close()
     for server, kv in zip(servers, kvs):

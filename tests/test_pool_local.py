@@ -388,8 +388,9 @@ def test_a_host_runs_its_next_quantum_ahead_of_its_release():
         def release():
             fetched.append(host.ran_until)
             return PoolDelta(3, (7,), (), run_until_ns=2000.0)
-        delta = _run_ahead(host, side, release, 1000.0)
+        delta, handed = _run_ahead(host, side, release, 1000.0)
         assert host.ran_until == 2000.0 and delta.run_until_ns == 2000.0 and 7 in side.mirror
+        assert not handed             # (nothing to hand in ahead with)
         # fetched after the run when nothing looked, inside it when an event did
         assert fetched == ([None] if looks else [2000.0])
         if looks:
@@ -399,11 +400,65 @@ def test_a_host_runs_its_next_quantum_ahead_of_its_release():
     assert side.lazy                  # a transfer across the pool's links fetches it first
     # a release for a later end is fine (run_quanta runs on to it); an earlier one is not
     side = PoolSide(0, "pool", 1)
-    later = _run_ahead(Host(side, False), side, lambda: PoolDelta(3, (), (), run_until_ns=3e3),
-                       1000.0)
+    later, _ = _run_ahead(Host(side, False), side,
+                          lambda: PoolDelta(3, (), (), run_until_ns=3e3), 1000.0)
     assert later.run_until_ns == 3e3
     side = PoolSide(0, "pool", 1)
     with pytest.raises(PoolError, match="released host 0 to run until 1000 ns; its next event "
                                         "at 1500 ns lies in the quantum ending at 2000 ns"):
         _run_ahead(Host(side, False), side, lambda: PoolDelta(3, (), (), run_until_ns=1e3),
                    1000.0)
+
+
+def test_a_host_hands_in_ahead_only_what_needed_no_pool_and_takes_it_back_if_refused():
+    """replay._run_ahead with hand_in_ahead: a host that ran its quantum ahead without looking
+    at the pool and holds no transfers back runs on alone as far as the others' last known
+    earliest event allows, then hands in the next barrier before its release comes. Taken when
+    the release runs it to the end it ran ahead to; otherwise its ops go back for the usual
+    hand-in. A host that looked at the pool, or holds transfers back, does not hand in ahead."""
+    from cxlsim.pool.api import PoolDelta, PoolOp
+    from cxlsim.replay import _run_ahead
+    from cxlsim.serving.pooltier import PoolSide
+
+    class Host:                       # event loop with one event per quantum at 1500, 2500, ...
+        def __init__(self, side, looks=False, holding=False, op_at=None):
+            self.side, self.looks, self.op_at, self.loop, self.kv = side, looks, op_at, self, self
+            self.holding, self.now = holding, 0.0
+
+        def peek_time(self):
+            return (self.now // 1000) * 1000 + 1500.0
+
+        def run(self, until):
+            while self.peek_time() < until:
+                t = self.peek_time()
+                if self.looks:
+                    assert 7 not in self.side      # looks at the pool
+                if t == self.op_at:
+                    self.side.ops.append(PoolOp(t, 0, 0, "touch", 9, 0, False))
+                self.now = t
+
+    def run(host, side, run_until, horizon):
+        sent = []
+        delta, handed = _run_ahead(host, side, lambda: PoolDelta(3, (), (),
+                                                                 run_until_ns=run_until),
+                                   1000.0, lambda ops, nxt, after: sent.append((ops, nxt, after)),
+                                   horizon)
+        return handed, sent
+
+    # ran ahead to 2000 without looking, then alone up to the others' earliest event (4200):
+    # the quanta ending 3000 and 4000; an op at 3500 ends running alone there
+    side = PoolSide(0, "pool", 1)
+    handed, sent = run(Host(side, op_at=3500.0), side, 2000.0, 4200.0)
+    assert handed and len(sent) == 1
+    ops, next_ns, after = sent[0]
+    assert [op.t_ns for op in ops] == [3500.0] and next_ns == 4500.0 and after == 2000.0
+    assert side.ops == []
+    # the release runs it elsewhere: not taken, the ops come back for the usual hand-in
+    side = PoolSide(0, "pool", 1)
+    handed, sent = run(Host(side, op_at=2500.0), side, 3000.0, 9000.0)
+    assert not handed and len(sent) == 1 and [op.t_ns for op in side.ops] == [2500.0]
+    # looked at the pool (fetched its release), or holds transfers back: no hand-in ahead
+    for host_kw in ({"looks": True}, {"holding": True}):
+        side = PoolSide(0, "pool", 1)
+        handed, sent = run(Host(side, **host_kw), side, 2000.0, 9000.0)
+        assert not handed and sent == []

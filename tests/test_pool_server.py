@@ -2,11 +2,13 @@
 malformed frames, CURVE, non-loopback refusal, server restart, early wake-up of parked hosts,
 and when the server polls instead of sleeping."""
 import io
+import math
 import os
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import msgpack
 import numpy as np
@@ -601,30 +603,37 @@ def test_hand_in_then_release_and_a_request_between_them(use_shm):
     heartbeat, stats) receives the release first and keeps it for release(). Out of order: a
     clear error."""
     put = [PoolOp(500.0, 1, 0, "put", 42, 4096, True)]
+    with two_attached_hosts(use_shm) as (a, b):
+        with pytest.raises(PoolError, match="without a hand-in"):
+            a.release()
+        a.hand_in(0, 0, [], 5e6)                  # parked: host 1 has work before it
+        with pytest.raises(PoolError, match="before receiving the release"):
+            a.hand_in(0, 1, [], 5e6)
+        assert b.exchange(1, 0, [], 1e3).run_until_ns == 1e6
+        full = b.exchange(1, 1, put, 5.5e6)       # releases host 0 too
+        a.stats()                                 # receives the release first, and keeps it
+        import threading
+        out = []                                  # (lost, release() would wait for good)
+        waiter = threading.Thread(target=lambda: out.append(a.release()), daemon=True)
+        waiter.start()
+        waiter.join(10)
+        assert out, "release() did not return: the request before it lost the release"
+        got = out[0]
+        delta = got.result() if isinstance(got, LazyDelta) else got
+        assert delta.added == full.added == (42,) and delta.run_until_ns == 6e6
+        with pytest.raises(PoolError, match="without a hand-in"):
+            a.release()
+
+
+@contextmanager
+def two_attached_hosts(use_shm):
+    """Hosts 0 and 1 attached to a fresh server (a barrier of their own)."""
     with pool_server(capacity_bytes=MIB) as (ep, proc, log):
         a, b = (PoolClient(ep, h, timeout_s=5.0, use_shm=use_shm) for h in (0, 1))
         try:
             a.attach(0, 0)
             b.attach(1, 0)
-            with pytest.raises(PoolError, match="without a hand-in"):
-                a.release()
-            a.hand_in(0, 0, [], 5e6)                  # parked: host 1 has work before it
-            with pytest.raises(PoolError, match="before receiving the release"):
-                a.hand_in(0, 1, [], 5e6)
-            assert b.exchange(1, 0, [], 1e3).run_until_ns == 1e6
-            full = b.exchange(1, 1, put, 5.5e6)       # releases host 0 too
-            a.stats()                                 # receives the release first, and keeps it
-            import threading
-            out = []                                  # (lost, release() would wait for good)
-            waiter = threading.Thread(target=lambda: out.append(a.release()), daemon=True)
-            waiter.start()
-            waiter.join(10)
-            assert out, "release() did not return: the request before it lost the release"
-            got = out[0]
-            delta = got.result() if isinstance(got, LazyDelta) else got
-            assert delta.added == full.added == (42,) and delta.run_until_ns == 6e6
-            with pytest.raises(PoolError, match="without a hand-in"):
-                a.release()
+            yield a, b
         finally:
             a.close()
             b.close()
@@ -659,3 +668,37 @@ def test_a_host_that_detaches_while_its_hand_in_waits_does_not_wait_for_the_rele
         finally:
             a.close()
             b.close()
+
+
+@pytest.mark.parametrize("use_shm", [False, True], ids=["stream", "mailbox"])
+def test_a_hand_in_sent_ahead_completes_the_next_barrier_without_the_host(use_shm):
+    """exchange_ahead: a parked host hands in the barrier after its release before that release
+    comes. The server takes it when the release runs the host to the end it names, so the next
+    barrier completes with no further request from that host; otherwise it answers null and
+    the host hands in as usual."""
+    put = [PoolOp(1.5e6, 0, 0, "put", 42, 4096, True)]
+    with two_attached_hosts(use_shm) as (a, b):
+        a.hand_in(0, 0, [], 1.5e6)                # parked: host 1 has work first
+        assert b.exchange(1, 0, [], 1e3).run_until_ns == 1e6
+        with pytest.raises(PoolError, match="without a hand-in"):
+            b.hand_in_ahead(1, [], 2e6, 2e6)
+        # host 0 ran its quantum (ending 2e6) ahead: its hand-in of the barrier after
+        a.hand_in_ahead(0, put, 9e6, 2e6)
+        # host 1's hand-in releases host 0 to 2e6, which takes host 0's hand-in ahead: that
+        # completes the next barrier too, and host 1 comes back with host 0's put
+        got = b.exchange(1, 1, [], 3.5e6)
+        delta = got.result() if isinstance(got, LazyDelta) else got
+        assert delta.added == (42,) and delta.run_until_ns == 4e6
+        first = a.release()
+        assert a.ahead_taken and first.run_until_ns == 2e6
+        b.hand_in(1, delta.quantum + 1, [], None)     # host 1 is done: host 0 runs on
+        second = a.release()
+        assert second.quantum == delta.quantum + 1 and second.run_until_ns == 1e7
+        # a release that runs the host elsewhere: answered null, handed in as usual
+        a.hand_in(0, second.quantum + 1, [], 1.25e7)
+        a.hand_in_ahead(0, [], 2e7, 1.4e7)
+        third = a.release()
+        assert not a.ahead_taken and third.run_until_ns == 1.3e7
+        assert a.exchange(0, third.quantum + 1, [], None).run_until_ns == math.inf
+        assert b.release().run_until_ns == math.inf     # (parked until nobody had work)
+        assert a.stats()["used_bytes"] == 4096

@@ -100,6 +100,14 @@ class PoolClient:
         # a hand-in waiting for its release (hand_in), and a release received for it early
         self._handed: tuple | None = None   # (request id, mailed, quantum, soon)
         self._early_release = None
+        # the hand-in sent ahead of that release (hand_in_ahead): (request id, after_ns, next_ns)
+        self._ahead: tuple | None = None
+        self._handed_quantum = -1           # the barrier of the last hand-in
+        #: whether the last release taken took the hand-in sent ahead of it (hand_in_ahead)
+        self.ahead_taken = False
+        # replies that came while waiting for another (those to hand-ins sent ahead), by id
+        self._stash_ids: set[int] = set()
+        self._stash: dict[int, tuple] = {}
         self._wake = None                   # this host's wake socket, beside a local stream
         self._horizon_host = -1             # the host holding _horizon_ns, last we heard
         #: times a parked wait of this host was ended early by another host's ring (wake-up)
@@ -137,12 +145,15 @@ class PoolClient:
         sock.connect(self.endpoint)
         self._sock = sock
 
-    def _send(self, cmd: str, args: dict, frames=(), mailbox_ok: bool = False) -> int:
+    def _send(self, cmd: str, args: dict, frames=(), mailbox_ok: bool = False,
+              ahead: bool = False) -> int:
         """Send a request; its id. With mailbox_ok, it goes through the mailbox where it can
-        (`self._mailed` says whether it did)."""
-        if self._handed is not None:         # a hand-in's release comes first...
-            if cmd == "detach":              # ...unless the host leaves the barrier
-                self._handed = None
+        (`self._mailed` says whether it did). `ahead`: a hand-in sent before the release it
+        follows (hand_in_ahead), which must not wait for that release."""
+        if self._handed is not None and self._early_release is None and not ahead:
+            # a hand-in's release comes first, unless the host leaves the barrier
+            if cmd == "detach":
+                self._handed = self._ahead = None
             else:
                 try:
                     self._early_release = self._receive_release()
@@ -357,6 +368,10 @@ class PoolClient:
         """Reply to request want_id, or None at the deadline. Replies to other requests and
         notices go to `others(msg)` when given, else are dropped (stale replies of timed-out
         requests). `others` returning True ends the wait early with None."""
+        if want_id in self._stash:
+            msg, rest = self._stash.pop(want_id)
+            self._stash_ids.discard(want_id)
+            return self._result(msg, cmd), rest
         while True:
             frames = self._next_message(deadline, spin_s, wakeable)
             if frames is None:
@@ -364,11 +379,22 @@ class PoolClient:
             if is_doorbell(frames):           # a late ring from a mailbox reply: nothing to read
                 continue
             msg = self._decode(frames[0], cmd)
+            if self._stashed(msg, frames, want_id):
+                continue
             if msg.get("id") != want_id:
                 if others is not None and others(msg):
                     return None
                 continue
+            self._stash_ids.discard(want_id)
             return self._result(msg, cmd), frames[1:]
+
+    def _stashed(self, msg: dict, frames, want_id: int) -> bool:
+        """Keep a reply to a hand-in sent ahead that came while waiting for another reply."""
+        got = msg.get("id")
+        if got == want_id or got not in self._stash_ids:
+            return False
+        self._stash[got] = (msg, frames[1:])
+        return True
 
     def _decode(self, raw, cmd: str) -> dict:
         try:
@@ -402,6 +428,8 @@ class PoolClient:
                     msg = self._decode(frames[0], cmd)
                     if msg.get("id") == want_id:     # too large for the mailbox: sent here
                         return self._result(msg, cmd), frames[1:]
+                    if self._stashed(msg, frames, want_id):
+                        continue
                     if others is not None and others(msg):
                         return None
             finally:
@@ -482,7 +510,9 @@ class PoolClient:
     def close(self) -> None:
         self._stop_keepalive()
         self._owed = None                    # a LazyDelta still waiting says it never came
-        self._handed = self._early_release = None
+        self._handed = self._early_release = self._ahead = None
+        self._stash.clear()
+        self._stash_ids.clear()
         self._drop_stream()
         if self._sock is not None:
             self._sock.close(0)
@@ -847,13 +877,7 @@ class PoolClient:
         waits for its release; meanwhile the host may run what needs no pool state (a
         replay host runs its next quantum ahead: replay.run_quanta)."""
         self._me(host)
-        for op in ops:
-            if op.host != host:
-                raise PoolError(f"op {op} belongs to host {op.host}, not to this host {host}")
-        # column by column (protocol.OPS): the server checks each column in one pass
-        wire = [[float(o.t_ns) for o in ops], [int(o.seq) for o in ops], [o.kind for o in ops],
-                [int(o.key) for o in ops], [int(o.nbytes) for o in ops],
-                [bool(o.shared) for o in ops]]
+        wire = self._ops_wire(host, ops)
         if next_ns is not None and not math.isfinite(next_ns):
             next_ns = None
         with self._lock:          # the keep-alive thread waits: exchange sends its own heartbeats
@@ -861,6 +885,7 @@ class PoolClient:
                 raise PoolError(f"host {host} handed in quantum {quantum} before receiving the "
                                 f"release of its last hand-in")
             self._drain_wake()           # a ring from before this hand-in is stale
+            self._handed_quantum = quantum
             req = self._send("exchange", {"quantum": int(quantum), "ops": wire,
                                           "next_ns": None if next_ns is None else float(next_ns)},
                              mailbox_ok=True)
@@ -870,6 +895,60 @@ class PoolClient:
             # is the earliest of all it knows of
             soon = next_ns is not None and next_ns < self._horizon_ns
             self._handed = (req, mailed, quantum, soon)
+
+    def hand_in_ahead(self, host: int, ops: list[PoolOp], next_ns: float | None,
+                      after_ns: float) -> None:
+        """While the release of the last hand_in is on the way: the hand-in of the barrier
+        after it, which the server takes if that release runs this host until exactly after_ns
+        (the end of the quantum the host ran ahead: replay._run_ahead). release() then returns
+        that release and sets `ahead_taken`; if it was taken, the next release() is the one of
+        this hand-in, else the host hands in as usual (protocol.md, Handing in ahead)."""
+        self._me(host)
+        wire = self._ops_wire(host, ops)
+        if next_ns is not None and not math.isfinite(next_ns):
+            next_ns = None
+        with self._lock:
+            early = self._early_release
+            if (self._handed is None and early is None) or self._ahead is not None:
+                raise PoolError(f"host {host} handed in ahead without a hand-in whose release "
+                                f"it has not taken")
+            req = self._send("exchange_ahead", {"follows": self._handed_quantum, "ops": wire,
+                                                "next_ns": next_ns, "after_ns": float(after_ns)},
+                             ahead=True)
+            self._stash_ids.add(req)
+            self._ahead = (req, float(after_ns), next_ns)
+            if early is not None and not isinstance(early, Exception):
+                self._resolve_ahead(early)   # (a heartbeat received that release meanwhile)
+
+    def _resolve_ahead(self, release) -> None:
+        """The release of the hand-in before the one sent ahead has come: the server took the
+        latter iff the release runs this host until its after_ns (it decides by the same rule).
+        Taken, it is now the hand-in waiting for its release; else its null answer is read."""
+        (req, after_ns, next_ns), self._ahead = self._ahead, None
+        self.ahead_taken = release.run_until_ns == after_ns
+        if self.ahead_taken:
+            soon = next_ns is not None and next_ns < release.horizon_ns
+            self._handed = (req, False, release.quantum + 1, soon)
+            self._handed_quantum = release.quantum + 1
+            return
+        got = self._recv(req, time.monotonic() + self.timeout_s, "exchange_ahead")
+        if got is None:
+            raise self._timeout("exchange_ahead")
+        if got[0] is not None:
+            raise PoolError(f"pool server {self.endpoint}: took a hand-in sent ahead of a "
+                            f"release that ran this host to {release.run_until_ns:g} ns, not "
+                            f"{after_ns:g} ns")
+
+    @staticmethod
+    def _ops_wire(host: int, ops: list[PoolOp]) -> list[list]:
+        """A hand-in's ops column by column (protocol.OPS): the server checks each column in
+        one pass."""
+        for op in ops:
+            if op.host != host:
+                raise PoolError(f"op {op} belongs to host {op.host}, not to this host {host}")
+        return [[float(o.t_ns) for o in ops], [int(o.seq) for o in ops], [o.kind for o in ops],
+                [int(o.key) for o in ops], [int(o.nbytes) for o in ops],
+                [bool(o.shared) for o in ops]]
 
     def release(self) -> PoolDelta | LazyDelta:
         """The second half of exchange_lazy: the release of the last hand_in."""
@@ -887,10 +966,14 @@ class PoolClient:
     def _receive_release(self):
         """Wait for the release of the waiting hand-in (under the lock)."""
         (req, mailed, quantum, soon), self._handed = self._handed, None
+        if self._owed is not None:     # the delta of the release before (taken ahead) first
+            self._settle_owed()
         got = self._await_release(req, mailed, quantum, soon, early=True)
         if isinstance(got, Release):
             got = LazyDelta(got, self._settle_owed)
             self._owed = (got, req, mailed, quantum)
+        if self._ahead is not None:
+            self._resolve_ahead(got)
         return got
 
     def _settle_owed(self) -> None:

@@ -24,7 +24,7 @@ import msgpack
 from ..errors import ProtocolError
 from .api import MAX_TIERS
 
-VERSION = 7
+VERSION = 8
 MAX_HEADER_BYTES = 16 << 20         # a header larger than this is refused before decoding
 DEFAULT_MAX_FRAME_BYTES = 64 << 20  # data frames (one block each); the server may lower it
 MAX_BATCH = 1 << 16                 # keys per batched request
@@ -185,6 +185,12 @@ COMMANDS: dict[str, tuple[dict, str]] = {
     # host is the connection's. next_ns: the host's next event time (None: no more work)
     "exchange": ({"quantum": integer(0, 1 << 62), "ops": OPS,
                   "next_ns": optional(finite)}, "none"),
+    # the hand-in that follows this host's hand-in of barrier `follows`, sent before that
+    # one's release comes: taken iff the release runs the host until exactly after_ns (reply:
+    # its own release, as exchange's; null when not taken). Over the stream or ZeroMQ, never
+    # the mailbox (so it may overtake the hand-in it follows: `follows` says which that is)
+    "exchange_ahead": ({"follows": integer(0, 1 << 62), "ops": OPS, "next_ns": optional(finite),
+                        "after_ns": finite}, "none"),
 }
 
 #: a barrier's delta as the server sends it (server._delta_to_wire); the client checks every

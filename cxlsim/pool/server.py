@@ -168,6 +168,9 @@ class PoolServer:
         # host -> (id of its pending exchange request, the barrier it handed in, its stream)
         self._waiting: dict[int, tuple] = {}
         self._released: dict[int, tuple[int, dict]] = {}  # host -> (barrier, last release sent)
+        # host -> its hand-in sent ahead of a release (exchange_ahead): (request id, the barrier
+        # it follows, ops, next_ns, after_ns, reply route)
+        self._ahead: dict[int, tuple] = {}
         self._open_stream_listener()
         self._via: _Stream | None = None      # the stream the request being handled came over
         self._after = None                    # what the handler leaves for after the reply
@@ -591,6 +594,7 @@ class PoolServer:
         self._by_host.pop(conn.host, None)
         self._waiting.pop(conn.host, None)
         self._released.pop(conn.host, None)
+        self._ahead.pop(conn.host, None)
         self.pool.detach(conn.host)
         self._close_window(conn)
         s = self.pool.stats()
@@ -613,7 +617,8 @@ class PoolServer:
         self.pool.settle()
 
     def _release(self, releases: dict) -> None:
-        """Answer the exchange of each host the pool releases (the others stay parked)."""
+        """Answer the exchange of each host the pool releases (the others stay parked); then
+        take the hand-ins those hosts sent ahead (which may release more hosts)."""
         for host, delta in sorted(releases.items()):
             req_id, handed_in, stream = self._waiting.pop(host)
             result = _delta_to_wire(delta)
@@ -622,6 +627,29 @@ class PoolServer:
             if ident is not None:
                 self._conns[ident].released = time.monotonic()
                 self._send(ident, P.encode_reply(req_id, result), (), stream)
+        for host in sorted(releases):
+            if host in self._ahead and self._ahead[host][1] == self._released[host][0]:
+                self._take_ahead(host)
+
+    def _take_ahead(self, host: int) -> None:
+        """The hand-in `host` sent ahead, now that its release is out: its hand-in of the next
+        barrier if that release ran it until exactly the end it ran ahead to (the host decided
+        so from the same release: protocol.md, Handing in ahead); else answered null and the
+        host hands in as usual."""
+        req_id, _, ops, next_ns, after_ns, route = self._ahead.pop(host)
+        ident = self._by_host[host]
+        _, release = self._released[host]
+        if release["run_until_ns"] != after_ns:
+            self._send(ident, P.encode_reply(req_id, None), (), route)
+            return
+        quantum = release["quantum"] + 1
+        try:
+            releases = self.pool.exchange(host, quantum, ops, next_ns)
+        except PoolError as exc:          # (refused before it changed anything)
+            self._send(ident, P.encode_error(req_id, P.E_REFUSED, str(exc)), (), route)
+            return
+        self._waiting[host] = (req_id, quantum, route)
+        self._release(releases)
 
     # ------------------------------------------------------------------ commands
     # Each returns (result, data frames) to reply now, or None when the reply comes later.
@@ -756,6 +784,21 @@ class PoolServer:
         self._waiting[host] = (req_id, quantum, self._via)
         self._release(releases)
         self.pool.settle()            # after the releases: folds while the released hosts run
+        return None
+
+
+    def _cmd_exchange_ahead(self, ident, conn, req_id, args, data):
+        host, follows = conn.host, args["follows"]
+        if host in self._ahead:
+            raise PoolError(f"host {host} handed in ahead twice before a release")
+        t_ns, seq, kind, key, nbytes, shared = args["ops"]
+        ops = list(map(PoolOp, t_ns, [host] * len(t_ns), seq, kind, key, nbytes, shared))
+        self._ahead[host] = (req_id, follows, ops, args["next_ns"], args["after_ns"], self._via)
+        # it waits for the release of the hand-in it follows, unless that went out already
+        # (the hand-in itself may still be on its way, through the mailbox: it comes later)
+        if host not in self._waiting and self._released.get(host, (None,))[0] == follows:
+            self._take_ahead(host)
+            self.pool.settle()
         return None
 
 

@@ -89,6 +89,12 @@ class PoolSide:
         come (settle applies them)."""
         return self._lazy is not None or self._release_source is not None
 
+    @property
+    def release_pending(self) -> bool:
+        """Whether the release awaited (await_release) has not been fetched yet: the host has
+        not looked at the pool since it handed in."""
+        return self._release_source is not None
+
     def await_release(self, source) -> None:
         """The host runs ahead of its release: `source()` brings it (a PoolDelta or LazyDelta),
         which the side fetches and applies when it must look at the pool (settle), or when
