@@ -407,6 +407,7 @@ def _run_ahead(server: ServingHost, side: PoolSide, release, quantum_ns: float,
     if sent is None:
         return delta, False
     if delta.run_until_ns == ahead:           # the pool's rule too: it took the hand-in
+        server.kv.flush()                     # (what the hand-in would have issued first)
         return delta, True
     side.ops = sent + side.ops                # not taken: they go in the usual hand-in
     return delta, False
@@ -419,12 +420,13 @@ def _hand_in_ahead(server: ServingHost, side: PoolSide, hand_in_ahead, ahead: fl
     and hand in the barrier after the release still to come. The pool takes it if that
     release runs this host to `ahead` (the usual case), so the next barrier needs no round
     trip through this host; results equal a barrier at every quantum either way. Not done
-    once the host looked at the pool (it has its release then) or holds transfers back (they
-    must follow the other hosts' moves the release brings). The ops it handed in, or None."""
-    if not side.release_pending or server.kv.holding:
+    once the host looked at the pool (it has its release then). Transfers held back stay held
+    until the release comes (_run_ahead issues them then, after the other hosts' moves it
+    brings, as the hand-in would have). The ops it handed in, or None."""
+    if not side.release_pending:
         return None
     _run_alone(server, side, ahead, horizon, quantum_ns)
-    if not side.release_pending or server.kv.holding:
+    if not side.release_pending:
         return None
     ops, side.ops = side.ops, []
     hand_in_ahead(ops, server.loop.peek_time(), ahead)

@@ -415,15 +415,19 @@ def test_a_host_hands_in_ahead_only_what_needed_no_pool_and_takes_it_back_if_ref
     at the pool and holds no transfers back runs on alone as far as the others' last known
     earliest event allows, then hands in the next barrier before its release comes. Taken when
     the release runs it to the end it ran ahead to; otherwise its ops go back for the usual
-    hand-in. A host that looked at the pool, or holds transfers back, does not hand in ahead."""
+    hand-in. A host that looked at the pool does not hand in ahead; transfers held back are
+    issued once the release comes, as the hand-in would have issued them."""
     from cxlsim.pool.api import PoolDelta, PoolOp
     from cxlsim.replay import _run_ahead
     from cxlsim.serving.pooltier import PoolSide
 
     class Host:                       # event loop with one event per quantum at 1500, 2500, ...
-        def __init__(self, side, looks=False, holding=False, op_at=None):
+        def __init__(self, side, looks=False, op_at=None):
             self.side, self.looks, self.op_at, self.loop, self.kv = side, looks, op_at, self, self
-            self.holding, self.now = holding, 0.0
+            self.now, self.flushed = 0.0, 0
+
+        def flush(self):                      # TieredKV.flush: held transfers go out
+            self.flushed += 1
 
         def peek_time(self):
             return (self.now // 1000) * 1000 + 1500.0
@@ -448,8 +452,9 @@ def test_a_host_hands_in_ahead_only_what_needed_no_pool_and_takes_it_back_if_ref
     # ran ahead to 2000 without looking, then alone up to the others' earliest event (4200):
     # the quanta ending 3000 and 4000; an op at 3500 ends running alone there
     side = PoolSide(0, "pool", 1)
-    handed, sent = run(Host(side, op_at=3500.0), side, 2000.0, 4200.0)
-    assert handed and len(sent) == 1
+    host = Host(side, op_at=3500.0)
+    handed, sent = run(host, side, 2000.0, 4200.0)
+    assert handed and len(sent) == 1 and host.flushed == 1
     ops, next_ns, after = sent[0]
     assert [op.t_ns for op in ops] == [3500.0] and next_ns == 4500.0 and after == 2000.0
     assert side.ops == []
@@ -457,8 +462,7 @@ def test_a_host_hands_in_ahead_only_what_needed_no_pool_and_takes_it_back_if_ref
     side = PoolSide(0, "pool", 1)
     handed, sent = run(Host(side, op_at=2500.0), side, 3000.0, 9000.0)
     assert not handed and len(sent) == 1 and [op.t_ns for op in side.ops] == [2500.0]
-    # looked at the pool (fetched its release), or holds transfers back: no hand-in ahead
-    for host_kw in ({"looks": True}, {"holding": True}):
-        side = PoolSide(0, "pool", 1)
-        handed, sent = run(Host(side, **host_kw), side, 2000.0, 9000.0)
-        assert not handed and sent == []
+    # looked at the pool (fetched its release): no hand-in ahead
+    side = PoolSide(0, "pool", 1)
+    handed, sent = run(Host(side, looks=True), side, 2000.0, 9000.0)
+    assert not handed and sent == []

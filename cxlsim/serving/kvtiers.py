@@ -194,11 +194,6 @@ class TieredKV:
                     self._take_in(traffic)
         return self._issue(items, t)
 
-    @property
-    def holding(self) -> bool:
-        """Whether transfers are held back (flush issues them)."""
-        return bool(self._unissued)
-
     def flush(self) -> None:
         """Issue the transfers held back (see _transfer), after the other hosts' moves."""
         held, self._unissued = self._unissued, []
