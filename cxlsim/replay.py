@@ -414,7 +414,7 @@ def _run_ahead(server: ServingHost, side: PoolSide, release, quantum_ns: float,
 
 
 def _hand_in_ahead(server: ServingHost, side: PoolSide, hand_in_ahead, ahead: float,
-                   horizon: float, quantum_ns: float) -> bool:
+                   horizon: float, quantum_ns: float) -> list | None:
     """After running ahead to `ahead` without looking at the pool: run on alone as far as the
     other hosts' last known earliest event allows (it only grows, so no host has work there),
     and hand in the barrier after the release still to come. The pool takes it if that

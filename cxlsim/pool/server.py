@@ -786,7 +786,6 @@ class PoolServer:
         self.pool.settle()            # after the releases: folds while the released hosts run
         return None
 
-
     def _cmd_exchange_ahead(self, ident, conn, req_id, args, data):
         host, follows = conn.host, args["follows"]
         if host in self._ahead:
