@@ -702,3 +702,115 @@ def test_a_hand_in_sent_ahead_completes_the_next_barrier_without_the_host(use_sh
         assert a.exchange(0, third.quantum + 1, [], None).run_until_ns == math.inf
         assert b.release().run_until_ns == math.inf     # (parked until nobody had work)
         assert a.stats()["used_bytes"] == 4096
+
+
+@contextmanager
+def server_thread(pool):
+    """A PoolServer serving `pool` on a thread of this process (to slow its pool down)."""
+    import threading
+    srv = PoolServer(pool, "tcp://127.0.0.1:*", log=io.StringIO())
+    thread = threading.Thread(target=srv.serve, daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        thread.join(10)
+        srv.close()
+
+
+TRANSPORTS = {"stream": {"use_shm": False}, "mailbox": {"use_shm": True},
+              "zeromq": {"use_shm": False, "use_stream": False}}
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_hand_in_ahead_not_taken_keeps_the_delta_that_came_before_its_answer(transport):
+    """The release came as a notice, its delta follows on the same channel, and then the null
+    answer to the hand-in sent ahead: reading the null must keep the delta (it was dropped as
+    a stale reply, and the host waited for it forever)."""
+    import threading
+    with server_thread(LocalPool(16 * MIB, extent_bytes=MIB)) as srv:
+        a, b = (PoolClient(srv.endpoint, h, timeout_s=3.0, keepalive=False,
+                           **TRANSPORTS[transport]) for h in (0, 1))
+        try:
+            a.attach(0, 0)
+            b.attach(1, 0)
+            a.hand_in(0, 0, [], 1.5e6)                # parked
+            assert b.exchange(1, 0, [], 1e3).run_until_ns == 1e6
+            a.hand_in_ahead(0, [], 9e6, 3e6)          # an end its release will not run it to
+            b.hand_in(1, 1, [PoolOp(1.2e6, 1, 0, "put", 7, 4096, True)], 3.5e6)
+            time.sleep(0.3)                           # notice, delta and null are all sent
+            first = a.release()
+            assert not a.ahead_taken and first.run_until_ns == 2e6
+            out = []
+            reader = threading.Thread(daemon=True, target=lambda: out.append(
+                first.result() if isinstance(first, LazyDelta) else first))
+            reader.start()
+            reader.join(8)
+            assert out and out[0].added == (7,), "the delta before the null answer was lost"
+        finally:
+            a.close()
+            b.close()
+
+
+@pytest.mark.parametrize("transport", ["stream", "mailbox"])
+def test_a_heartbeat_while_waiting_for_a_delta_does_not_take_the_next_release(transport):
+    """After a hand-in sent ahead is taken, the host waits for the delta of the release before
+    it. When that wait is long enough to send a heartbeat, the heartbeat must not first wait
+    for the release of the hand-in sent ahead (it dropped the delta it was waiting for, or
+    lost track of that hand-in)."""
+    import threading
+
+    class SlowPool(LocalPool):
+        slow_s = 0.0
+
+        def exchange(self, *args, **kw):
+            time.sleep(self.slow_s)
+            return super().exchange(*args, **kw)
+    pool = SlowPool(16 * MIB, extent_bytes=MIB)
+    with server_thread(pool) as srv:
+        a = PoolClient(srv.endpoint, 0, timeout_s=3.0, heartbeat_s=0.05, keepalive=False,
+                       **TRANSPORTS[transport])
+        b = PoolClient(srv.endpoint, 1, timeout_s=10.0, keepalive=False, **TRANSPORTS[transport])
+        try:
+            a.attach(0, 0)
+            b.attach(1, 0)
+            a.hand_in(0, 0, [], 1.5e6)                # parked: host 1 has work first
+            assert b.exchange(1, 0, [], 1e3).run_until_ns == 1e6
+            a.hand_in_ahead(0, [], 9e6, 2e6)          # host 0 ran its quantum to 2e6 ahead
+            pool.slow_s = 0.5                         # the notice comes long before the delta
+            b.hand_in(1, 1, [], 3.5e6)
+            first = a.release()
+            assert a.ahead_taken and first.run_until_ns == 2e6
+
+            def host_1():                              # finishes once host 0's delta is due
+                time.sleep(1.5)
+                pool.slow_s = 0.0
+                got = b.release()
+                b.hand_in(1, got.quantum + 1, [], None)
+            threading.Thread(target=host_1, daemon=True).start()
+            out = []
+            reader = threading.Thread(daemon=True, target=lambda: out.append(
+                first.result() if isinstance(first, LazyDelta) else first))
+            reader.start()
+            reader.join(10)
+            assert out and out[0].run_until_ns == 2e6, "the delta never came"
+            second = a.release()                      # the hand-in sent ahead is still known
+            assert second.run_until_ns == 1e7         # (parked until host 1 was done)
+        finally:
+            a.close()
+            b.close()
+
+
+def test_a_hand_in_ahead_of_a_barrier_the_host_is_not_in_is_refused_and_changes_nothing():
+    with two_attached_hosts(False) as (a, b):
+        a.hand_in(0, 0, [], 1.5e6)
+        assert b.exchange(1, 0, [], 1e3).run_until_ns == 1e6
+        wrong = {"follows": 5, "ops": [[], [], [], [], [], []], "next_ns": 9e6, "after_ns": 2e6}
+        with pytest.raises(PoolError, match="ahead of barrier 5, which is neither its last "
+                                            "hand-in nor the barrier in progress"):
+            b._call("exchange_ahead", wrong)
+        a.hand_in_ahead(0, [], 9e6, 2e6)              # the host's own, right one is still taken
+        got = b.exchange(1, 1, [], 3.5e6)
+        assert got.run_until_ns == 4e6
+        assert a.release().run_until_ns == 2e6 and a.ahead_taken

@@ -146,19 +146,18 @@ class PoolClient:
         self._sock = sock
 
     def _send(self, cmd: str, args: dict, frames=(), mailbox_ok: bool = False,
-              ahead: bool = False) -> int:
+              release_first: bool = True) -> int:
         """Send a request; its id. With mailbox_ok, it goes through the mailbox where it can
-        (`self._mailed` says whether it did). `ahead`: a hand-in sent before the release it
-        follows (hand_in_ahead), which must not wait for that release."""
-        if self._handed is not None and self._early_release is None and not ahead:
-            # a hand-in's release comes first, unless the host leaves the barrier
-            if cmd == "detach":
-                self._handed = self._ahead = None
-            else:
-                try:
-                    self._early_release = self._receive_release()
-                except PoolError as exc:     # (perhaps in the keep-alive thread): release()
-                    self._early_release = _kept(exc)     # raises it
+        (`self._mailed` says whether it did). A hand-in's release is received first (and kept
+        for release()) unless not `release_first`: a hand-in sent ahead of that release, or a
+        heartbeat of the wait for a release or a delta."""
+        if cmd == "detach":                  # the host leaves the barrier: no release to wait for
+            self._handed = self._ahead = None
+        elif self._handed is not None and self._early_release is None and release_first:
+            try:
+                self._early_release = self._receive_release()
+            except PoolError as exc:         # (perhaps in the keep-alive thread): release()
+                self._early_release = _kept(exc)     # raises it
         if self._owed is not None:           # the reply to an exchange comes first
             self._settle_owed()
         self._last_request = time.monotonic()
@@ -414,6 +413,8 @@ class PoolClient:
         """As _recv, for a request sent through the mailbox: poll the mailbox for spin_s, then
         sleep on the stream, where the server rings when it posts the reply and where notices
         and heartbeat replies (to `others`) and replies too large for the mailbox come."""
+        if want_id in self._stash:   # (came on the stream while waiting for another reply)
+            return self._recv(want_id, until, cmd)
         box = self._mailbox
         if not box.wait(want_id, spin_s):
             box.sleeping(True)
@@ -441,6 +442,7 @@ class PoolClient:
         if msg.get("id") != want_id:
             raise PoolError(f"pool server {self.endpoint}: the mailbox reply to {cmd} answers "
                             f"request {msg.get('id')!r}, not {want_id}")
+        self._stash_ids.discard(want_id)
         return self._result(msg, cmd), []
 
     def _call(self, cmd: str, args: dict, frames=()):
@@ -905,8 +907,7 @@ class PoolClient:
         this hand-in, else the host hands in as usual (protocol.md, Handing in ahead)."""
         self._me(host)
         wire = self._ops_wire(host, ops)
-        if next_ns is not None and not math.isfinite(next_ns):
-            next_ns = None
+        next_ns = None if next_ns is None or not math.isfinite(next_ns) else float(next_ns)
         with self._lock:
             early = self._early_release
             if (self._handed is None and early is None) or self._ahead is not None:
@@ -914,7 +915,8 @@ class PoolClient:
                                 f"it has not taken")
             req = self._send("exchange_ahead", {"follows": self._handed_quantum, "ops": wire,
                                                 "next_ns": next_ns, "after_ns": float(after_ns)},
-                             ahead=True)
+                             release_first=False)
+            early = self._early_release      # (as it is now: receiving a delta may have set it)
             self._stash_ids.add(req)
             self._ahead = (req, float(after_ns), next_ns)
             if early is not None and not isinstance(early, Exception):
@@ -931,6 +933,8 @@ class PoolClient:
             self._handed = (req, False, release.quantum + 1, soon)
             self._handed_quantum = release.quantum + 1
             return
+        if self._owed is not None:   # the release's delta may come first, on the same channel
+            self._stash_ids.add(self._owed[1])
         got = self._recv(req, time.monotonic() + self.timeout_s, "exchange_ahead")
         if got is None:
             raise self._timeout("exchange_ahead")
@@ -1032,7 +1036,7 @@ class PoolClient:
             if time.monotonic() >= deadline:
                 raise self._timeout(f"exchange of quantum {quantum}")
             if not hb_out and time.monotonic() >= slice_end:   # a long wait: say we are alive
-                self._send("heartbeat", {})
+                self._send("heartbeat", {}, release_first=False)   # (this wait is for one)
                 hb_out = True
 
 

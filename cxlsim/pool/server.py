@@ -788,14 +788,25 @@ class PoolServer:
 
     def _cmd_exchange_ahead(self, ident, conn, req_id, args, data):
         host, follows = conn.host, args["follows"]
+        if type(self._via) is _MailReply:  # its reply would take the waiting hand-in's slot
+            raise PoolError("exchange_ahead goes over the stream or ZeroMQ, not the mailbox")
         if host in self._ahead:
             raise PoolError(f"host {host} handed in ahead twice before a release")
+        waiting = self._waiting.get(host)
+        last = self._released.get(host)
+        released = waiting is None and last is not None and last[0] == follows
+        # the hand-in it follows: waiting, released, or still on its way (through the mailbox:
+        # then it is for the barrier in progress, which cannot complete without it)
+        if not (released or waiting is None and follows == self.pool.quantum
+                or waiting is not None and waiting[1] == follows):
+            raise PoolError(f"host {host} handed in ahead of barrier {follows}, which is "
+                            f"neither its last hand-in nor the barrier in progress")
         t_ns, seq, kind, key, nbytes, shared = args["ops"]
         ops = list(map(PoolOp, t_ns, [host] * len(t_ns), seq, kind, key, nbytes, shared))
         self._ahead[host] = (req_id, follows, ops, args["next_ns"], args["after_ns"], self._via)
         # it waits for the release of the hand-in it follows, unless that went out already
         # (the hand-in itself may still be on its way, through the mailbox: it comes later)
-        if host not in self._waiting and self._released.get(host, (None,))[0] == follows:
+        if released:
             self._take_ahead(host)
             self.pool.settle()
         return None
