@@ -105,7 +105,8 @@ class PoolClient:
         self._handed_quantum = -1           # the barrier of the last hand-in
         #: whether the last release taken took the hand-in sent ahead of it (hand_in_ahead)
         self.ahead_taken = False
-        # replies that came while waiting for another (those to hand-ins sent ahead), by id
+        # replies that came while waiting for another: of the ids in _stash_ids (a hand-in sent
+        # ahead, a delta owed while its null answer is read), by id
         self._stash_ids: set[int] = set()
         self._stash: dict[int, tuple] = {}
         self._wake = None                   # this host's wake socket, beside a local stream
@@ -388,7 +389,8 @@ class PoolClient:
             return self._result(msg, cmd), frames[1:]
 
     def _stashed(self, msg: dict, frames, want_id: int) -> bool:
-        """Keep a reply to a hand-in sent ahead that came while waiting for another reply."""
+        """Keep a reply expected later (its id in _stash_ids) that came while waiting for
+        another."""
         got = msg.get("id")
         if got == want_id or got not in self._stash_ids:
             return False
