@@ -105,10 +105,9 @@ class PoolClient:
         self._handed_quantum = -1           # the barrier of the last hand-in
         #: whether the last release taken took the hand-in sent ahead of it (hand_in_ahead)
         self.ahead_taken = False
-        # replies that came while waiting for another: of the ids in _stash_ids (a hand-in sent
-        # ahead, a delta owed while its null answer is read), by id
-        self._stash_ids: set[int] = set()
-        self._stash: dict[int, tuple] = {}
+        # replies expected while waiting for another (to a hand-in sent ahead, a delta owed
+        # while that one's null answer is read), by request id: None until one comes
+        self._stash: dict[int, tuple | None] = {}
         self._wake = None                   # this host's wake socket, beside a local stream
         self._horizon_host = -1             # the host holding _horizon_ns, last we heard
         #: times a parked wait of this host was ended early by another host's ring (wake-up)
@@ -368,9 +367,8 @@ class PoolClient:
         """Reply to request want_id, or None at the deadline. Replies to other requests and
         notices go to `others(msg)` when given, else are dropped (stale replies of timed-out
         requests). `others` returning True ends the wait early with None."""
-        if want_id in self._stash:
+        if self._stash.get(want_id) is not None:
             msg, rest = self._stash.pop(want_id)
-            self._stash_ids.discard(want_id)
             return self._result(msg, cmd), rest
         while True:
             frames = self._next_message(deadline, spin_s, wakeable)
@@ -385,14 +383,13 @@ class PoolClient:
                 if others is not None and others(msg):
                     return None
                 continue
-            self._stash_ids.discard(want_id)
+            self._stash.pop(want_id, None)
             return self._result(msg, cmd), frames[1:]
 
     def _stashed(self, msg: dict, frames, want_id: int) -> bool:
-        """Keep a reply expected later (its id in _stash_ids) that came while waiting for
-        another."""
+        """Keep a reply expected later (its id in _stash) that came while waiting for another."""
         got = msg.get("id")
-        if got == want_id or got not in self._stash_ids:
+        if got == want_id or got not in self._stash:
             return False
         self._stash[got] = (msg, frames[1:])
         return True
@@ -415,8 +412,8 @@ class PoolClient:
         """As _recv, for a request sent through the mailbox: poll the mailbox for spin_s, then
         sleep on the stream, where the server rings when it posts the reply and where notices
         and heartbeat replies (to `others`) and replies too large for the mailbox come."""
-        if want_id in self._stash:   # (came on the stream while waiting for another reply)
-            return self._recv(want_id, until, cmd)
+        if self._stash.get(want_id) is not None:   # (came on the stream while waiting for
+            return self._recv(want_id, until, cmd)   # another reply)
         box = self._mailbox
         if not box.wait(want_id, spin_s):
             box.sleeping(True)
@@ -444,7 +441,7 @@ class PoolClient:
         if msg.get("id") != want_id:
             raise PoolError(f"pool server {self.endpoint}: the mailbox reply to {cmd} answers "
                             f"request {msg.get('id')!r}, not {want_id}")
-        self._stash_ids.discard(want_id)
+        self._stash.pop(want_id, None)
         return self._result(msg, cmd), []
 
     def _call(self, cmd: str, args: dict, frames=()):
@@ -516,7 +513,6 @@ class PoolClient:
         self._owed = None                    # a LazyDelta still waiting says it never came
         self._handed = self._early_release = self._ahead = None
         self._stash.clear()
-        self._stash_ids.clear()
         self._drop_stream()
         if self._sock is not None:
             self._sock.close(0)
@@ -881,9 +877,7 @@ class PoolClient:
         waits for its release; meanwhile the host may run what needs no pool state (a
         replay host runs its next quantum ahead: replay.run_quanta)."""
         self._me(host)
-        wire = self._ops_wire(host, ops)
-        if next_ns is not None and not math.isfinite(next_ns):
-            next_ns = None
+        wire, next_ns = self._ops_wire(host, ops), _next_ns_wire(next_ns)
         with self._lock:          # the keep-alive thread waits: exchange sends its own heartbeats
             if self._handed is not None or self._early_release is not None:
                 raise PoolError(f"host {host} handed in quantum {quantum} before receiving the "
@@ -891,8 +885,7 @@ class PoolClient:
             self._drain_wake()           # a ring from before this hand-in is stale
             self._handed_quantum = quantum
             req = self._send("exchange", {"quantum": int(quantum), "ops": wire,
-                                          "next_ns": None if next_ns is None else float(next_ns)},
-                             mailbox_ok=True)
+                                          "next_ns": next_ns}, mailbox_ok=True)
             mailed = self._mailed        # (the heartbeats of a long wait go beside the mailbox)
             self._ring_next(host, next_ns)
             # poll, not sleep, when the release should come at once: this host's next event
@@ -908,18 +901,16 @@ class PoolClient:
         that release and sets `ahead_taken`; if it was taken, the next release() is the one of
         this hand-in, else the host hands in as usual (protocol.md, Handing in ahead)."""
         self._me(host)
-        wire = self._ops_wire(host, ops)
-        next_ns = None if next_ns is None or not math.isfinite(next_ns) else float(next_ns)
+        wire, next_ns = self._ops_wire(host, ops), _next_ns_wire(next_ns)
         with self._lock:
-            early = self._early_release
-            if (self._handed is None and early is None) or self._ahead is not None:
+            if (self._handed is None and self._early_release is None) or self._ahead is not None:
                 raise PoolError(f"host {host} handed in ahead without a hand-in whose release "
                                 f"it has not taken")
             req = self._send("exchange_ahead", {"follows": self._handed_quantum, "ops": wire,
                                                 "next_ns": next_ns, "after_ns": float(after_ns)},
                              release_first=False)
-            early = self._early_release      # (as it is now: receiving a delta may have set it)
-            self._stash_ids.add(req)
+            early = self._early_release      # (after _send: receiving a delta may set it)
+            self._stash[req] = None
             self._ahead = (req, float(after_ns), next_ns)
             if early is not None and not isinstance(early, Exception):
                 self._resolve_ahead(early)   # (a heartbeat received that release meanwhile)
@@ -936,7 +927,7 @@ class PoolClient:
             self._handed_quantum = release.quantum + 1
             return
         if self._owed is not None:   # the release's delta may come first, on the same channel
-            self._stash_ids.add(self._owed[1])
+            self._stash.setdefault(self._owed[1], None)
         got = self._recv(req, time.monotonic() + self.timeout_s, "exchange_ahead")
         if got is None:
             raise self._timeout("exchange_ahead")
@@ -1040,6 +1031,11 @@ class PoolClient:
             if not hb_out and time.monotonic() >= slice_end:   # a long wait: say we are alive
                 self._send("heartbeat", {}, release_first=False)   # (this wait is for one)
                 hb_out = True
+
+
+def _next_ns_wire(next_ns: float | None) -> float | None:
+    """A hand-in's next event time as sent: null for none (or infinity)."""
+    return None if next_ns is None or not math.isfinite(next_ns) else float(next_ns)
 
 
 def _kept(exc: Exception) -> Exception:

@@ -32,8 +32,8 @@ import numpy as np
 
 from ..errors import CoreError, PoolError
 from ..index import BlockIndex, TierSpec
-from .api import (MAX_MOVE_NS, MAX_TIERS, OP_FREE, OP_KINDS, OP_MOVE, OP_PUT, OP_TOUCH, DeltaMerger, PoolDelta,
-                  PoolOp, Release, Traffic)
+from .api import (MAX_MOVE_NS, MAX_TIERS, OP_FREE, OP_KINDS, OP_MOVE, OP_PUT, OP_TOUCH,
+                  DeltaMerger, PoolDelta, PoolOp, Release, Traffic)
 
 MAX_HOSTS = 64
 MAX_BLOCK_BYTES = (1 << 32) - 1       # the C index keeps block sizes in 32 bits

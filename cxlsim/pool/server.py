@@ -778,8 +778,7 @@ class PoolServer:
                     route = route.conn.stream
                 self._send(self._by_host[parked], P.encode_soon_notice(its_quantum, release), (),
                            route)
-        t_ns, seq, kind, key, nbytes, shared = args["ops"]
-        ops = list(map(PoolOp, t_ns, [host] * len(t_ns), seq, kind, key, nbytes, shared))
+        ops = _ops_from_wire(host, args["ops"])
         releases = self.pool.exchange(host, quantum, ops, args.get("next_ns"))
         self._waiting[host] = (req_id, quantum, self._via)
         self._release(releases)
@@ -801,8 +800,7 @@ class PoolServer:
                 or waiting is not None and waiting[1] == follows):
             raise PoolError(f"host {host} handed in ahead of barrier {follows}, which is "
                             f"neither its last hand-in nor the barrier in progress")
-        t_ns, seq, kind, key, nbytes, shared = args["ops"]
-        ops = list(map(PoolOp, t_ns, [host] * len(t_ns), seq, kind, key, nbytes, shared))
+        ops = _ops_from_wire(host, args["ops"])
         self._ahead[host] = (req_id, follows, ops, args["next_ns"], args["after_ns"], self._via)
         # it waits for the release of the hand-in it follows, unless that went out already
         # (the hand-in itself may still be on its way, through the mailbox: it comes later)
@@ -810,6 +808,12 @@ class PoolServer:
             self._take_ahead(host)
             self.pool.settle()
         return None
+
+
+def _ops_from_wire(host: int, columns) -> list[PoolOp]:
+    """A hand-in's ops from its checked columns (protocol.OPS), as `host`'s."""
+    t_ns, seq, kind, key, nbytes, shared = columns
+    return list(map(PoolOp, t_ns, [host] * len(t_ns), seq, kind, key, nbytes, shared))
 
 
 def _delta_to_wire(delta) -> dict:

@@ -118,6 +118,12 @@ class TieredKV:
         return rid
 
     # ------------------------------------------------------------------ other hosts' traffic
+    def _take_in_received(self) -> None:
+        """Take in the other hosts' moves the pool side has received (settling its delta)."""
+        traffic = self.pool.take_traffic()
+        if traffic:
+            self._take_in(traffic)
+
     def _take_in(self, traffic) -> None:
         """Other hosts' moves of past barriers (PoolSide.take_traffic): they occupy the pool's
         shared links and devices on this host's fabric, counted in no statistic of it."""
@@ -189,18 +195,14 @@ class TieredKV:
                 if pool.lazy and not awaited:
                     self._unissued.append((items, t))
                     return t
-                traffic = pool.take_traffic()     # the other hosts' moves go in first
-                if traffic:
-                    self._take_in(traffic)
+                self._take_in_received()          # the other hosts' moves go in first
         return self._issue(items, t)
 
     def flush(self) -> None:
         """Issue the transfers held back (see _transfer), after the other hosts' moves."""
         held, self._unissued = self._unissued, []
         if held:
-            traffic = self.pool.take_traffic()
-            if traffic:
-                self._take_in(traffic)
+            self._take_in_received()
             for items, t in held:
                 self._issue(items, t)
 
